@@ -1,0 +1,119 @@
+"""The data model every layer of blanket shares: entries, the clock order, path rules.
+
+Paths are bytes, relative to the backed-up source, components joined by ``/``; the source
+root itself is ``b"."``. Nothing here does I/O and nothing here imports our other modules
+except ``blanket.errors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Entry kinds, as written in the index (one letter each).
+FILE = "f"
+DIR = "d"
+SYMLINK = "l"
+HARDLINK = "h"
+FIFO = "p"
+CHARDEV = "c"
+BLOCKDEV = "b"
+DELETED = "x"
+KINDS = (FILE, DIR, SYMLINK, HARDLINK, FIFO, CHARDEV, BLOCKDEV, DELETED)
+
+ROOT = b"."
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One version of one path, as an index line records it.
+
+    ``mode`` holds the permission bits including setuid, setgid and sticky
+    (``st_mode & 0o7777``); the type is ``kind``. ``target`` is a symlink's target or, for a
+    hard link, the path of the entry that holds the content. ``sparse`` lists the data
+    segments ``(offset, length)`` of a sparse file (empty for a dense one). ``since`` is
+    when this version was first seen, in nanoseconds since the epoch. ``part`` and
+    ``parts`` are reserved for files split over several packs (``parts == 0``: not split).
+    """
+
+    kind: str
+    path: bytes
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user: bytes = b""
+    group: bytes = b""
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+    size: int = 0
+    sha256: str = ""
+    target: bytes = b""
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    xattrs: tuple[tuple[bytes, bytes], ...] = field(default=())
+    sparse: tuple[tuple[int, int], ...] = field(default=())
+    since: int = 0
+
+    @property
+    def key(self) -> bytes:
+        return clock_key(self.path)
+
+    @property
+    def is_deletion(self) -> bool:
+        return self.kind == DELETED
+
+
+def clock_key(path: bytes) -> bytes:
+    """The file clock's sort key for a relative path.
+
+    The clock is depth-first with children compared component by component as bytes.
+    Names never contain NUL, so replacing ``/`` by NUL turns that order into plain byte
+    order: ``a/b`` (``a\\0b``) < ``a-b`` < ``a.b``, and a directory comes before its
+    children. The root ``.`` sorts before everything.
+    """
+    if path == ROOT:
+        return b""
+    return path.replace(b"/", b"\0")
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """The path of ``name`` inside directory ``parent``."""
+    return name if parent == ROOT else parent + b"/" + name
+
+
+def parent_of(path: bytes) -> bytes:
+    """The directory holding ``path`` (the root for a top-level name)."""
+    head, sep, _ = path.rpartition(b"/")
+    return head if sep else ROOT
+
+
+def is_within(path: bytes, top: bytes) -> bool:
+    """True when ``path`` is ``top`` or lies below it."""
+    return top == ROOT or path == top or path.startswith(top + b"/")
+
+
+def check_relpath(path: bytes) -> bytes:
+    """Return ``path`` if it is a clean relative path, else raise ``ValueError``.
+
+    Clean: ``.`` or components that are not empty, ``.`` or ``..``, with no NUL byte and no
+    leading ``/``. Restore and the index reader both call this on untrusted input.
+    """
+    if path == ROOT:
+        return path
+    if not path or b"\0" in path or path.startswith(b"/"):
+        raise ValueError(f"not a clean relative path: {path!r}")
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise ValueError(f"not a clean relative path: {path!r}")
+    return path
+
+
+def normalize_user_path(text: str) -> bytes:
+    """Turn a path typed by a user (``docs/2024/``, ``./docs``) into the index form."""
+    import os
+
+    raw = os.fsencode(text).strip(b"/")
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    if not parts:
+        return ROOT
+    return check_relpath(b"/".join(parts))

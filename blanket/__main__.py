@@ -1,0 +1,3 @@
+from blanket.cli import entry_point
+
+entry_point()

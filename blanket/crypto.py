@@ -1,0 +1,248 @@
+"""gpg, driven through python-gnupg: the only module that talks to gpg.
+
+Every object blanket stores is encrypted and, in public-key mode, signed with the
+repository's key. A decrypt counts only when gpg says the decryption is ok *and* (public
+key mode) there is exactly one valid signature whose primary-key fingerprint is the
+repository's: python-gnupg reports a decrypt as ok whatever the signature says, so this
+module checks that itself. In symmetric mode there is no signature; integrity rests on
+the passphrase and gpg's modification detection (MDC), which gpg enforces.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import gnupg
+
+from blanket.errors import CryptoError, IntegrityError, UsageError, WrongKey
+
+PUBKEY = "pubkey"
+SYMMETRIC = "symmetric"
+_CIPHER = "AES256"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """How a repository's objects are protected."""
+
+    mode: str
+    fingerprint: str = ""
+    passphrase: str | None = None
+
+
+def _gpg(gnupghome: str | None) -> Any:
+    try:
+        return gnupg.GPG(gnupghome=gnupghome)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"cannot run gpg ({exc}); install GnuPG 2 and check --gnupghome") from exc
+
+
+def read_passphrase_file(path: str) -> str:
+    """The first line of a passphrase file (a trailing newline is not part of it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    if not text:
+        raise UsageError(f"passphrase file {path} is empty; put the passphrase on its first line")
+    return text
+
+
+def find_secret_key(gnupghome: str | None, key_id: str) -> str:
+    """The full primary fingerprint of the secret key that ``key_id`` names.
+
+    Raises ``WrongKey`` when the keyring holds no such secret key, ``UsageError`` when the
+    name is ambiguous.
+    """
+    matches = [k for k in _gpg(gnupghome).list_keys(secret=True) if _names(k, key_id)]
+    if not matches:
+        raise WrongKey(
+            f"no secret key {key_id!r} in the gpg keyring; import it or pass --gnupghome"
+        )
+    if len(matches) > 1:
+        raise UsageError(f"key {key_id!r} is ambiguous; give the full fingerprint")
+    return str(matches[0]["fingerprint"]).upper()
+
+
+def _names(key: dict[str, Any], key_id: str) -> bool:
+    want = key_id.upper().removeprefix("0X")
+    fpr = str(key["fingerprint"]).upper()
+    if fpr.endswith(want) and len(want) >= 8:
+        return True
+    return any(key_id.lower() in str(uid).lower() for uid in key.get("uids", []))
+
+
+def generate_key(gnupghome: str, name: str = "blanket throwaway key") -> str:
+    """Create an unprotected ed25519/cv25519 key (for demos and tests); return its fpr."""
+    gpg = _gpg(gnupghome)
+    params = gpg.gen_key_input(
+        key_type="EDDSA",
+        key_curve="ed25519",
+        key_usage="sign",
+        subkey_type="ECDH",
+        subkey_curve="cv25519",
+        subkey_usage="encrypt",
+        name_real=name,
+        name_email="blanket@localhost",
+        expire_date=0,
+        no_protection=True,
+    )
+    result = gpg.gen_key(params)
+    if not result.fingerprint:
+        raise CryptoError(f"gpg could not create a key: {result.stderr.strip()[-200:]}")
+    return str(result.fingerprint).upper()
+
+
+class Gpg:
+    """Encrypt and decrypt repository objects with one repository's key."""
+
+    def __init__(self, gnupghome: str | None, key: KeySpec) -> None:
+        self.key = key
+        self._gpg = _gpg(gnupghome)
+
+    def _encrypt_args(self) -> dict[str, Any]:
+        if self.key.mode == SYMMETRIC:
+            return {"recipients": None, "symmetric": _CIPHER, "passphrase": self.key.passphrase}
+        return {
+            "recipients": [self.key.fingerprint],
+            "sign": self.key.fingerprint,
+            "always_trust": True,
+            "passphrase": self.key.passphrase,
+        }
+
+    def encrypt_stream(self, src: BinaryIO, out_path: str, *, compress: bool = False) -> None:
+        """Encrypt (and sign) everything readable from ``src`` into the file ``out_path``."""
+        extra = ["--yes"] + ([] if compress else ["--compress-algo", "none"])
+        result = self._gpg.encrypt_file(
+            src, armor=False, output=out_path, extra_args=extra, **self._encrypt_args()
+        )
+        if not result.ok:
+            raise CryptoError(f"gpg could not encrypt: {_reason(result)}")
+
+    def encrypt_bytes(self, data: bytes) -> bytes:
+        result = self._gpg.encrypt(data, armor=False, **self._encrypt_args())
+        if not result.ok:
+            raise CryptoError(f"gpg could not encrypt: {_reason(result)}")
+        return bytes(result.data)
+
+    def decrypt_to_file(self, src_path: str, out_path: str, what: str) -> None:
+        """Decrypt the file ``src_path`` into ``out_path`` and check its signature.
+
+        On any failure ``out_path`` is removed before the error is raised, so no
+        unverified plaintext is left to be used.
+        """
+        try:
+            result = self._gpg.decrypt_file(
+                src_path,
+                output=out_path,
+                passphrase=self.key.passphrase,
+                always_trust=True,
+                extra_args=["--yes"],
+            )
+            self.check(result, what)
+        except BaseException:
+            _remove(out_path)
+            raise
+
+    def decrypt_unchecked(self, data: bytes) -> tuple[bytes, Any]:
+        """Decrypt without judging the result; pass the result to :meth:`check` before
+        trusting the bytes."""
+        result = self._gpg.decrypt(data, passphrase=self.key.passphrase, always_trust=True)
+        return bytes(result.data), result
+
+    def decrypt_bytes(self, data: bytes, what: str) -> bytes:
+        result = self._gpg.decrypt(data, passphrase=self.key.passphrase, always_trust=True)
+        self.check(result, what)
+        return bytes(result.data)
+
+    def check(self, result: Any, what: str) -> None:
+        status = _status_lines(result)
+        if not result.ok:
+            reason = _reason(result)
+            if any(s.startswith(("NO_SECKEY", "BAD_PASSPHRASE")) for s in status) or (
+                "Bad session key" in reason
+            ):
+                raise WrongKey(f"cannot decrypt {what}: {_reason(result)}")
+            raise IntegrityError(f"cannot decrypt {what}: {_reason(result)} (damaged or forged)")
+        if self.key.mode == SYMMETRIC:
+            if "GOODMDC" not in status or any(s.startswith(("BADMDC", "ERRSIG")) for s in status):
+                raise IntegrityError(f"{what} failed its integrity check")
+            return
+        validsigs = [s for s in status if s.startswith("VALIDSIG ")]
+        bad = [s for s in status if s.startswith(("BADSIG", "ERRSIG", "EXPKEYSIG", "REVKEYSIG"))]
+        if bad or len(validsigs) != 1 or not result.valid:
+            raise IntegrityError(
+                f"{what} is not validly signed ({result.status or 'no signature'})"
+            )
+        primary = validsigs[0].split()[-1].upper()
+        if primary != self.key.fingerprint.upper() or (
+            str(result.pubkey_fingerprint or "").upper() != self.key.fingerprint.upper()
+        ):
+            raise IntegrityError(f"{what} is signed by key {primary}, not the repository's key")
+
+
+def _status_lines(result: Any) -> list[str]:
+    prefix = "[GNUPG:] "
+    return [
+        line[len(prefix) :] for line in str(result.stderr).splitlines() if line.startswith(prefix)
+    ]
+
+
+def _reason(result: Any) -> str:
+    messages = [
+        line.removeprefix("gpg: ")
+        for line in str(result.stderr).splitlines()
+        if line.startswith("gpg: ") and "WARNING" not in line
+    ]
+    return (messages[-1] if messages else str(result.status or "unknown gpg error")).strip()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class PipeEncryptor:
+    """A write-end file whose bytes gpg encrypts into ``out_path`` on a helper thread.
+
+    ``write`` what should be encrypted, then ``close()``: it waits for gpg and raises
+    what gpg (or the thread) raised. ``abort()`` stops without producing output.
+    """
+
+    def __init__(self, gpg: Gpg, out_path: str) -> None:
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb")
+        self.sink: BinaryIO = os.fdopen(write_fd, "wb")
+        self._error: BaseException | None = None
+        self._out_path = out_path
+
+        def run() -> None:
+            try:
+                gpg.encrypt_stream(self._reader, out_path)
+            except BaseException as exc:  # handed to the caller in close()
+                self._error = exc
+            finally:
+                self._reader.close()
+
+        self._thread = threading.Thread(target=run, name="gpg-encrypt", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.sink.close()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        try:
+            self.sink.close()
+        except OSError:
+            pass
+        self._thread.join()
+        _remove(self._out_path)

@@ -1,0 +1,258 @@
+"""The text index: one header, a blank line, one line per entry (docs/format.md).
+
+Pure functions only: render an index to bytes, parse bytes back. Every path and every
+name is escaped so that any byte string round-trips and a line never holds a space,
+newline, ``=`` or ``,`` of its own: bytes 0x21-0x7E other than ``\\``, ``=`` and ``,``
+stand for themselves, every other byte is written ``\\xHH`` (two lower-case hex digits).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from blanket import model
+from blanket.model import Entry
+
+MAGIC = b"blanket-index 1"
+
+_NEEDS_ESCAPE = re.compile(r"[^\x21-\x2b\x2d-\x3c\x3e-\x5b\x5d-\x7e]")
+_ESCAPE_SEQ = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def escape(raw: bytes) -> str:
+    """Escape bytes into the index's printable ASCII form."""
+    text = raw.decode("latin-1")
+    if not _NEEDS_ESCAPE.search(text):
+        return text
+    return _NEEDS_ESCAPE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def unescape(text: str) -> bytes:
+    """Invert :func:`escape`; raise ``ValueError`` on anything it could not have made."""
+    if "\\" not in text:
+        if _NEEDS_ESCAPE.search(text):
+            raise ValueError(f"unescaped byte in index field {text!r}")
+        return text.encode("ascii")
+    rest = _ESCAPE_SEQ.sub("", text)
+    if _NEEDS_ESCAPE.search(rest):
+        raise ValueError(f"bad escape in index field {text!r}")
+    return _ESCAPE_SEQ.sub(lambda m: chr(int(m.group(1), 16)), text).encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexHeader:
+    """What an index says about its pack, its layer and its place in the chain.
+
+    ``clock_from`` is the clock pointer the pack continues from (exclusive; ``None`` at
+    the start of the tree); ``clock_to`` is the last path the pass had reached when the
+    pack was sealed. ``complete`` marks the pack that reached the end of the tree and so
+    closes its layer. The ``data_*`` fields are absent (empty/zero) in the copy of the
+    index stored inside the pack itself, because a pack cannot name its own hash.
+    """
+
+    repository: str
+    seq: int
+    layer: int
+    layer_pack: int
+    full: bool
+    clock_from: bytes | None
+    clock_to: bytes
+    complete: bool
+    created: int
+    source_host: str
+    source_path: bytes
+    entries: int
+    prev_index_sha256: str
+    data_key: str = ""
+    data_size: int = 0
+    data_sha256: str = ""
+
+
+def render_header(h: IndexHeader, *, with_data: bool = True) -> bytes:
+    lines = [
+        MAGIC.decode(),
+        f"repository: {h.repository}",
+        f"seq: {h.seq}",
+        f"layer: {h.layer}",
+        f"layer-pack: {h.layer_pack}",
+        f"layer-kind: {'full' if h.full else 'incremental'}",
+        f"clock-from: {'-' if h.clock_from is None else escape(h.clock_from)}",
+        f"clock-to: {escape(h.clock_to)}",
+        f"layer-complete: {'yes' if h.complete else 'no'}",
+        f"created: {h.created}",
+        f"source-host: {escape(h.source_host.encode())}",
+        f"source-path: {escape(h.source_path)}",
+        f"entries: {h.entries}",
+        f"prev-index-sha256: {h.prev_index_sha256 or 'none'}",
+    ]
+    if with_data:
+        lines += [
+            f"data-key: {h.data_key}",
+            f"data-size: {h.data_size}",
+            f"data-sha256: {h.data_sha256}",
+        ]
+    return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+def render_entry(e: Entry) -> bytes:
+    fields = [e.kind, escape(e.path)]
+    if e.kind != model.DELETED:
+        fields += [f"mode={e.mode:04o}", f"uid={e.uid}", f"gid={e.gid}"]
+        if e.user:
+            fields.append(f"user={escape(e.user)}")
+        if e.group:
+            fields.append(f"group={escape(e.group)}")
+        fields += [f"mtime={e.mtime_ns}", f"ctime={e.ctime_ns}", f"ino={e.ino}"]
+    if e.kind in (model.FILE, model.HARDLINK):
+        fields += [f"size={e.size}", f"sha256={e.sha256 or '-'}"]
+    if e.kind in (model.SYMLINK, model.HARDLINK):
+        fields.append(f"target={escape(e.target)}")
+    if e.kind in (model.CHARDEV, model.BLOCKDEV):
+        fields.append(f"rdev={e.rdev_major},{e.rdev_minor}")
+    if e.sparse:
+        fields.append("sparse=" + ",".join(f"{o}:{n}" for o, n in e.sparse))
+    if e.xattrs:
+        fields.append("xattrs=" + ",".join(f"{escape(k)}={escape(v)}" for k, v in e.xattrs))
+    fields.append(f"since={e.since}")
+    return (" ".join(fields) + "\n").encode("ascii")
+
+
+def render_index(h: IndexHeader, entries: Iterable[Entry], *, with_data: bool = True) -> bytes:
+    return render_header(h, with_data=with_data) + b"".join(render_entry(e) for e in entries)
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def _header_value(fields: dict[str, str], name: str) -> str:
+    try:
+        return fields[name]
+    except KeyError:
+        raise ValueError(f"index header lacks {name!r}") from None
+
+
+def parse_header(lines: Iterable[bytes]) -> IndexHeader:
+    """Parse header lines (the magic line first, up to but not including the blank line)."""
+    it = iter(lines)
+    if next(it, b"").rstrip(b"\n") != MAGIC:
+        raise ValueError("not a blanket index (bad first line)")
+    fields: dict[str, str] = {}
+    for raw in it:
+        line = raw.decode("ascii").rstrip("\n")
+        name, sep, value = line.partition(": ")
+        if not sep:
+            raise ValueError(f"bad index header line {line!r}")
+        fields[name] = value
+
+    def get(name: str) -> str:
+        return _header_value(fields, name)
+
+    clock_from = get("clock-from")
+    prev = get("prev-index-sha256")
+    return IndexHeader(
+        repository=get("repository"),
+        seq=int(get("seq")),
+        layer=int(get("layer")),
+        layer_pack=int(get("layer-pack")),
+        full=get("layer-kind") == "full",
+        clock_from=None if clock_from == "-" else unescape(clock_from),
+        clock_to=unescape(get("clock-to")),
+        complete=get("layer-complete") == "yes",
+        created=int(get("created")),
+        source_host=unescape(get("source-host")).decode("utf-8", "replace"),
+        source_path=unescape(get("source-path")),
+        entries=int(get("entries")),
+        prev_index_sha256="" if prev == "none" else prev,
+        data_key=fields.get("data-key", ""),
+        data_size=int(fields.get("data-size", "0")),
+        data_sha256=fields.get("data-sha256", ""),
+    )
+
+
+def parse_entry(line: bytes) -> Entry:
+    """Parse one entry line; raise ``ValueError`` on anything malformed or unsafe."""
+    parts = line.decode("ascii").rstrip("\n").split(" ")
+    if len(parts) < 2 or parts[0] not in model.KINDS:
+        raise ValueError(f"bad index entry line {line[:80]!r}")
+    kind = parts[0]
+    path = model.check_relpath(unescape(parts[1]))
+    f: dict[str, str] = {}
+    for item in parts[2:]:
+        name, sep, value = item.partition("=")
+        if not sep or name in f:
+            raise ValueError(f"bad field {item!r} in index entry")
+        f[name] = value
+    rdev = f.get("rdev", "0,0").split(",")
+    return Entry(
+        kind=kind,
+        path=path,
+        mode=int(f.get("mode", "0"), 8),
+        uid=int(f.get("uid", "0")),
+        gid=int(f.get("gid", "0")),
+        user=unescape(f["user"]) if "user" in f else b"",
+        group=unescape(f["group"]) if "group" in f else b"",
+        mtime_ns=int(f.get("mtime", "0")),
+        ctime_ns=int(f.get("ctime", "0")),
+        ino=int(f.get("ino", "0")),
+        size=int(f.get("size", "0")),
+        sha256="" if f.get("sha256", "-") == "-" else f["sha256"],
+        target=unescape(f["target"]) if "target" in f else b"",
+        rdev_major=int(rdev[0]),
+        rdev_minor=int(rdev[1]),
+        xattrs=_parse_xattrs(f.get("xattrs", "")),
+        sparse=_parse_sparse(f.get("sparse", "")),
+        since=int(_header_value(f, "since")),
+    )
+
+
+def _parse_xattrs(text: str) -> tuple[tuple[bytes, bytes], ...]:
+    if not text:
+        return ()
+    pairs = []
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        pairs.append((unescape(name), unescape(value)))
+    return tuple(pairs)
+
+
+def _parse_sparse(text: str) -> tuple[tuple[int, int], ...]:
+    if not text:
+        return ()
+    segs = []
+    for item in text.split(","):
+        off, _, n = item.partition(":")
+        segs.append((int(off), int(n)))
+    return tuple(segs)
+
+
+def split_index(data: bytes) -> tuple[IndexHeader, list[bytes]]:
+    """Split a whole index into its parsed header and its raw entry lines."""
+    head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        raise ValueError("index has no blank line after its header")
+    header = parse_header(head.split(b"\n"))
+    lines = body.splitlines(keepends=True)
+    if len(lines) != header.entries:
+        raise ValueError(f"index says {header.entries} entries but holds {len(lines)}")
+    return header, lines
+
+
+def read_entries(stream: Iterable[bytes]) -> Iterator[Entry]:
+    """Entries of an index read line by line (e.g. an open cached index file)."""
+    it = iter(stream)
+    for line in it:
+        if line in (b"\n", b""):
+            break
+    for line in it:
+        yield parse_entry(line)
+
+
+def read_header_from(stream: Iterable[bytes]) -> IndexHeader:
+    lines = []
+    for line in stream:
+        if line == b"\n":
+            break
+        lines.append(line.rstrip(b"\n"))
+    return parse_header(lines)

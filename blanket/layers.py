@@ -1,0 +1,34 @@
+"""Summaries of layers from the index headers (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blanket.indexfmt import IndexHeader
+
+
+@dataclass
+class LayerSummary:
+    layer: int
+    full: bool
+    complete: bool
+    first: int
+    last: int
+    packs: int
+    bytes: int
+    clock: bytes
+
+
+def summarize(headers: list[IndexHeader]) -> list[LayerSummary]:
+    """One summary per layer, oldest first."""
+    out: dict[int, LayerSummary] = {}
+    for h in headers:
+        s = out.get(h.layer)
+        if s is None:
+            s = out[h.layer] = LayerSummary(h.layer, h.full, False, h.created, h.created, 0, 0, b"")
+        s.last = h.created
+        s.packs += 1
+        s.bytes += h.data_size
+        s.complete = s.complete or h.complete
+        s.clock = h.clock_to
+    return [out[k] for k in sorted(out)]

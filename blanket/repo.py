@@ -1,0 +1,257 @@
+"""A repository on a store: its config, the signed chain of indexes, the commit protocol.
+
+Objects (all gpg-encrypted, signed in public-key mode; docs/format.md):
+
+* ``config``: repository id, protection mode, key fingerprint;
+* ``data/NNNNNNNNNNNN-HHHHHHHHHHHHHHHH``: the pack of commit N (H: its SHA-256 prefix);
+* ``index/NNNNNNNNNNNN``: the index of commit N, naming the data object's size and hash
+  and the hash of index N-1.
+
+A commit is the index object: data first, then index (written only if absent). Readers
+list ``index/`` and ignore data objects that no index names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from blanket import indexfmt
+from blanket.backends.base import Backend
+from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
+from blanket.errors import (
+    AlreadyExists,
+    BlanketError,
+    IntegrityError,
+    NotFound,
+    RepositoryLocked,
+    RepositoryMissing,
+    WrongKey,
+)
+from blanket.indexfmt import IndexHeader
+from blanket.merge import Located
+from blanket.model import Entry
+from blanket.packer import SealedPack
+from blanket.state import LocalState
+
+CONFIG_KEY = "config"
+CONFIG_MAGIC = "blanket-repository 1"
+
+
+def index_key(seq: int) -> str:
+    return f"index/{seq:012d}"
+
+
+def data_key(seq: int, sha256: str) -> str:
+    return f"data/{seq:012d}-{sha256[:16]}"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    mode: str
+    fingerprint: str
+    created: int
+
+    def render(self) -> bytes:
+        return (
+            f"{CONFIG_MAGIC}\nid: {self.id}\nmode: {self.mode}\n"
+            f"key: {self.fingerprint or '-'}\ncreated: {self.created}\n"
+        ).encode("ascii")
+
+    @classmethod
+    def parse(cls, data: bytes) -> RepoConfig:
+        lines = data.decode("ascii").splitlines()
+        if not lines or lines[0] != CONFIG_MAGIC:
+            raise IntegrityError("the repository config is not a blanket config")
+        f = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        key = f.get("key", "-")
+        return cls(f["id"], f["mode"], "" if key == "-" else key, int(f["created"]))
+
+
+def init_repository(
+    backend: Backend, gnupghome: str | None, key: KeySpec, *, now: int
+) -> RepoConfig:
+    """Create a repository on an empty store; refuse a store that already holds one."""
+    if key.mode == PUBKEY:
+        key = KeySpec(PUBKEY, find_secret_key(gnupghome, key.fingerprint), key.passphrase)
+    config = RepoConfig(uuid.uuid4().hex, key.mode, key.fingerprint, now)
+    gpg = Gpg(gnupghome, key)
+    backend.create()
+    try:
+        backend.put(CONFIG_KEY, gpg.encrypt_bytes(config.render()), if_absent=True)
+    except AlreadyExists:
+        raise BlanketError(
+            f"{backend.describe()} already holds a blanket repository; use it or pick another URL"
+        ) from None
+    return config
+
+
+class Repository:
+    """An opened repository: verified config, index cache, commits."""
+
+    def __init__(self, backend: Backend, gpg: Gpg, config: RepoConfig, state: LocalState) -> None:
+        self.backend = backend
+        self.gpg = gpg
+        self.config = config
+        self.state = state
+        self.headers: list[IndexHeader] = []
+
+    @classmethod
+    def open(
+        cls,
+        backend: Backend,
+        gnupghome: str | None,
+        passphrase: str | None = None,
+        *,
+        state_root: Any = None,
+    ) -> Repository:
+        """Open and authenticate the repository; raises RepositoryMissing or WrongKey."""
+        if not backend.exists():
+            raise RepositoryMissing(_missing(backend))
+        try:
+            blob = backend.get(CONFIG_KEY)
+        except NotFound:
+            raise RepositoryMissing(_missing(backend)) from None
+        probe = Gpg(gnupghome, KeySpec(SYMMETRIC if passphrase else PUBKEY, "", passphrase))
+        data, result = probe.decrypt_unchecked(blob)
+        if not result.ok:
+            hint = (
+                "check --passphrase-file"
+                if passphrase
+                else "import the repository's secret key, pass --gnupghome, "
+                "or pass --passphrase-file for a passphrase repository"
+            )
+            raise WrongKey(f"cannot open the repository at {backend.describe()}: {hint}")
+        config = RepoConfig.parse(data)
+        if config.mode == PUBKEY:
+            find_secret_key(gnupghome, config.fingerprint)
+        elif not passphrase:
+            raise WrongKey("this repository is protected by a passphrase; pass --passphrase-file")
+        gpg = Gpg(gnupghome, KeySpec(config.mode, config.fingerprint, passphrase))
+        gpg.check(result, "the repository config")
+        repo = cls(backend, gpg, config, LocalState(config.id, state_root))
+        return repo
+
+    # --- the chain -------------------------------------------------------------------
+
+    def refresh(self) -> list[IndexHeader]:
+        """Bring the local index cache up to date with the store and verify the chain."""
+        on_store = [int(k.key.split("/", 1)[1]) for k in self.backend.list("index/")]
+        progress = self.state.load()
+        newest = on_store[-1] if on_store else -1
+        if newest < progress.last_seq:
+            raise IntegrityError(
+                f"the store at {self.backend.describe()} ends at commit {newest} but this "
+                f"machine committed up to {progress.last_seq}: the store has rolled back"
+            )
+        for expected, seq in enumerate(on_store):
+            if seq != expected:
+                raise IntegrityError(f"index {index_key(expected)} is missing from the store")
+        cached = set(self.state.cached_seqs())
+        headers: list[IndexHeader] = []
+        prev_hash = ""
+        for seq in on_store:
+            path = self.state.index_path(seq)
+            if seq in cached:
+                plain = path.read_bytes()
+            else:
+                plain = self.gpg.decrypt_bytes(self.backend.get(index_key(seq)), index_key(seq))
+            header = self._check_index(seq, plain, prev_hash)
+            if seq not in cached:
+                self.state.store_index(seq, plain)
+            headers.append(header)
+            prev_hash = hashlib.sha256(plain).hexdigest()
+        if progress.last_seq >= 0 and progress.last_seq < len(headers):
+            seen = self.state.index_path(progress.last_seq).read_bytes()
+            if hashlib.sha256(seen).hexdigest() != progress.last_index_sha256:
+                raise IntegrityError(
+                    f"index {index_key(progress.last_seq)} differs from the one this machine "
+                    "committed: the store was altered"
+                )
+        self.headers = headers
+        return headers
+
+    def _check_index(self, seq: int, plain: bytes, prev_hash: str) -> IndexHeader:
+        try:
+            header, _ = indexfmt.split_index(plain)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"index {index_key(seq)} is malformed: {exc}") from exc
+        if header.repository != self.config.id:
+            raise IntegrityError(f"index {index_key(seq)} belongs to another repository")
+        if header.seq != seq:
+            raise IntegrityError(f"index {index_key(seq)} says it is commit {header.seq}")
+        if header.prev_index_sha256 != prev_hash:
+            raise IntegrityError(f"index {index_key(seq)} does not chain to the index before it")
+        return header
+
+    def last_hash(self) -> str:
+        if not self.headers:
+            return ""
+        return hashlib.sha256(self.state.index_path(self.headers[-1].seq).read_bytes()).hexdigest()
+
+    def entries(self, seq: int) -> Iterator[Entry]:
+        with open(self.state.index_path(seq), "rb") as f:
+            yield from indexfmt.read_entries(f)
+
+    def layer_streams(self, *, up_to_layer: int | None = None) -> list[Iterator[Located]]:
+        """One clock-sorted stream per layer, for :func:`blanket.merge.replay`."""
+        by_layer: dict[int, list[IndexHeader]] = {}
+        for h in self.headers:
+            if up_to_layer is None or h.layer <= up_to_layer:
+                by_layer.setdefault(h.layer, []).append(h)
+        return [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
+
+    def _layer_stream(self, headers: list[IndexHeader]) -> Iterator[Located]:
+        for h in headers:
+            for e in self.entries(h.seq):
+                yield Located(e, h.seq, h.layer)
+
+    # --- committing ------------------------------------------------------------------
+
+    def commit(self, sealed: SealedPack, header: IndexHeader, entries: list[Entry]) -> IndexHeader:
+        """Store the pack, then its index: the commit point. Returns the final header."""
+        seq = len(self.headers)
+        dkey = data_key(seq, sealed.sha256)
+        final = _with_data(header, seq, self.last_hash(), dkey, sealed)
+        with open(sealed.path, "rb") as f:
+            self.backend.put(dkey, f)
+        plain = indexfmt.render_index(final, entries)
+        try:
+            self.backend.put(index_key(seq), self.gpg.encrypt_bytes(plain), if_absent=True)
+        except AlreadyExists:
+            raise RepositoryLocked(
+                f"another run committed {index_key(seq)} at the same time; run again later"
+            ) from None
+        self.state.store_index(seq, plain)
+        progress = self.state.load()
+        progress.last_seq = seq
+        progress.last_index_sha256 = hashlib.sha256(plain).hexdigest()
+        self.state.save(progress)
+        self.headers.append(final)
+        os.unlink(sealed.path)
+        return final
+
+
+def _with_data(h: IndexHeader, seq: int, prev: str, dkey: str, sealed: SealedPack) -> IndexHeader:
+    from dataclasses import replace
+
+    return replace(
+        h,
+        seq=seq,
+        prev_index_sha256=prev,
+        data_key=dkey,
+        data_size=sealed.size,
+        data_sha256=sealed.sha256,
+    )
+
+
+def _missing(backend: Backend) -> str:
+    return (
+        f"no blanket repository at {backend.describe()}; "
+        "create one with 'blanket init --repo URL --key FINGERPRINT'"
+    )

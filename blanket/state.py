@@ -1,0 +1,104 @@
+"""The client's local state for one repository: a cache, never the only copy of anything.
+
+Kept under ``$BLANKET_STATE_DIR`` (default ``$XDG_STATE_HOME/blanket``, i.e.
+``~/.local/state/blanket``), one folder per repository id:
+
+* ``state.json``: the newest commit this machine saw (``last_seq``, ``last_index_sha256``,
+  to refuse a store that rolled back) and the scan position of the current pass;
+* ``index/NNNNNNNNNNNN``: verified plaintext indexes, so replay never downloads them twice;
+* ``spool/``: packs being built.
+
+Every file is replaced atomically (temp file, fsync, rename). If the folder is lost it is
+rebuilt from the store's indexes alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def state_root() -> Path:
+    explicit = os.environ.get("BLANKET_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(xdg) / "blanket"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class Progress:
+    """What ``state.json`` records."""
+
+    last_seq: int = -1
+    last_index_sha256: str = ""
+    scan_layer: int = -1  # the layer whose pass ``scan_pointer`` belongs to
+    scan_pointer: str = ""  # escaped path the pass has scanned up to ("" = none)
+
+
+class LocalState:
+    """The state folder of one repository."""
+
+    def __init__(self, repository_id: str, root: Path | None = None) -> None:
+        self.dir = (root or state_root()) / repository_id
+        self.index_dir = self.dir / "index"
+        self.spool_dir = self.dir / "spool"
+        for d in (self.index_dir, self.spool_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> Progress:
+        try:
+            raw = json.loads((self.dir / "state.json").read_text())
+            return Progress(**{k: raw[k] for k in asdict(Progress()) if k in raw})
+        except (FileNotFoundError, ValueError, TypeError):
+            return Progress()
+
+    def save(self, progress: Progress) -> None:
+        atomic_write(self.dir / "state.json", json.dumps(asdict(progress)).encode())
+
+    def index_path(self, seq: int) -> Path:
+        return self.index_dir / f"{seq:012d}"
+
+    def cached_seqs(self) -> list[int]:
+        return sorted(int(p.name) for p in self.index_dir.iterdir() if p.name.isdigit())
+
+    def store_index(self, seq: int, plaintext: bytes) -> None:
+        atomic_write(self.index_path(seq), plaintext)
+
+    def drop_index(self, seq: int) -> None:
+        try:
+            self.index_path(seq).unlink()
+        except FileNotFoundError:
+            pass
+
+    def clean_spool(self) -> None:
+        for p in self.spool_dir.iterdir():
+            p.unlink(missing_ok=True)

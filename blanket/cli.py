@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _common() -> _Parser:
+    p = _Parser(add_help=False)
     p.add_argument("--repo", "-r", action="append", help="repository URL (or BLANKET_REPO)")
     p.add_argument("--gnupghome", help="gpg home directory holding the key (or GNUPGHOME)")
     p.add_argument("--passphrase-file", help="file whose first line is the passphrase")
@@ -184,7 +184,7 @@ def cmd_layers(args: argparse.Namespace, out: Output) -> int:
             "first": show_time(s.first),
             "last": show_time(s.last),
             "packs": s.packs,
-            "bytes": s.bytes if out.json else human_size(s.bytes),
+            "bytes": s.size if out.json else human_size(s.size),
             "clock": "(end)" if s.complete else path_text(s.clock),
         }
         for s in summarize(repo.headers)
@@ -237,11 +237,11 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     opts = RestoreOptions(args.to, paths, layer, when, args.force)
     result = run_restore(repo, opts, listener=out.event)
     out.summary(
-        f"restored {result.files} file(s), {human_size(result.bytes)} into {args.to} "
+        f"restored {result.files} file(s), {human_size(result.bytes_written)} into {args.to} "
         f"from {result.packs_read} pack(s); {result.unchanged} already present"
         + (f"; {len(result.problems)} problem(s)" if result.problems else ""),
         files=result.files,
-        bytes=result.bytes,
+        bytes=result.bytes_written,
         packs_read=result.packs_read,
         unchanged=result.unchanged,
         problems=[{"path": path_text(p), "message": m} for p, m in result.problems],

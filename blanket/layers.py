@@ -15,7 +15,7 @@ class LayerSummary:
     first: int
     last: int
     packs: int
-    bytes: int
+    size: int
     clock: bytes
 
 
@@ -28,7 +28,7 @@ def summarize(headers: list[IndexHeader]) -> list[LayerSummary]:
             s = out[h.layer] = LayerSummary(h.layer, h.full, False, h.created, h.created, 0, 0, b"")
         s.last = h.created
         s.packs += 1
-        s.bytes += h.data_size
+        s.size += h.data_size
         s.complete = s.complete or h.complete
         s.clock = h.clock_to
     return [out[k] for k in sorted(out)]

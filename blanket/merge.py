@@ -17,7 +17,7 @@ the tree.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from blanket import model
@@ -55,7 +55,7 @@ def _checked(stream: Iterable[Located]) -> Iterator[Located]:
         yield item
 
 
-def _groups(streams: list[Iterable[Located]]) -> Iterator[list[Located]]:
+def _groups(streams: Sequence[Iterable[Located]]) -> Iterator[list[Located]]:
     merged = heapq.merge(*(_checked(s) for s in streams), key=lambda x: x.entry.key)
     group: list[Located] = []
     for item in merged:
@@ -67,7 +67,7 @@ def _groups(streams: list[Iterable[Located]]) -> Iterator[list[Located]]:
         yield group
 
 
-def replay(streams: list[Iterable[Located]], *, at: int | None = None) -> Iterator[Located]:
+def replay(streams: Sequence[Iterable[Located]], *, at: int | None = None) -> Iterator[Located]:
     """The tree that replaying ``streams`` gives, as of time ``at`` (ns) or latest."""
     stack: list[_Ancestor] = []
     for group in _groups(streams):

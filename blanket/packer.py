@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -92,10 +92,10 @@ class PackWriter:
         self._enc = PipeEncryptor(gpg, self.spool_path)
         self._counter = _Counter(self._enc.sink)
         self._zw = zstandard.ZstdCompressor(level=level).stream_writer(
-            self._counter, closefd=False, write_return_read=True
+            cast(BinaryIO, self._counter), closefd=False, write_return_read=True
         )
-        self._tar = tarfile.open(
-            fileobj=self._zw,  # type: ignore[arg-type]
+        self._tar = tarfile.open(  # noqa: SIM115 - closed in seal()
+            fileobj=self._zw,
             mode="w|",
             format=tarfile.PAX_FORMAT,
             encoding="utf-8",
@@ -118,7 +118,7 @@ class PackWriter:
         secs, ns = divmod(e.mtime_ns, 1_000_000_000)
         ti.mtime = secs
         if ns:
-            ti.pax_headers["mtime"] = f"{secs}.{ns:09d}"
+            ti.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
         return ti
 
     def add_meta(self, e: Entry) -> None:
@@ -167,21 +167,20 @@ class PackWriter:
         if e.sparse:
             header = _sparse_map(e.sparse, e.size)
             ti = self._info(e, _sparse_dummy_name(e.path))
-            ti.pax_headers.update(
-                {
-                    "GNU.sparse.major": "1",
-                    "GNU.sparse.minor": "0",
-                    "GNU.sparse.name": member_name(e.path),
-                    "GNU.sparse.realsize": str(e.size),
-                }
-            )
+            ti.pax_headers = {
+                **ti.pax_headers,
+                "GNU.sparse.major": "1",
+                "GNU.sparse.minor": "0",
+                "GNU.sparse.name": member_name(e.path),
+                "GNU.sparse.realsize": str(e.size),
+            }
             ti.size = len(header) + stored
             body: Iterator[bytes] = _prepend(header, hashed())
         else:
             ti = self._info(e, member_name(e.path))
             ti.size = stored
             body = hashed()
-        self._tar.addfile(ti, _ChunkReader(body))  # type: ignore[arg-type]
+        self._tar.addfile(ti, _ChunkReader(body))
         for _ in body:  # tar stops reading at the declared size: let the hash see the end
             pass
         self.content_bytes += stored
@@ -197,7 +196,7 @@ class PackWriter:
         self._tar.addfile(ti, io.BytesIO(index_text))
         self._tar.close()
         self._zw.flush(zstandard.FLUSH_FRAME)
-        self._zw.close()
+        self._zw.close()  # type: ignore[no-untyped-call]
         self._enc.close()
         digest = hashlib.sha256()
         size = 0

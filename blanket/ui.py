@@ -52,16 +52,15 @@ class Output:
             self._files += 1
             self._bytes += ev.size
             self._tick(ev.path)
-        elif isinstance(ev, PackCommitted):
-            if self.json:
-                self.emit(
-                    "commit",
-                    seq=ev.seq,
-                    layer=ev.layer,
-                    entries=ev.entries,
-                    bytes=ev.size,
-                    clock=_text(ev.clock_to),
-                )
+        elif isinstance(ev, PackCommitted) and self.json:
+            self.emit(
+                "commit",
+                seq=ev.seq,
+                layer=ev.layer,
+                entries=ev.entries,
+                bytes=ev.size,
+                clock=_text(ev.clock_to),
+            )
 
     def _tick(self, path: bytes) -> None:
         if not self.live:
@@ -84,10 +83,10 @@ class Output:
 
     # --- output ----------------------------------------------------------------------
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, event_type: str, /, **fields: Any) -> None:
         """One JSON line (``--json`` only)."""
         if self.json:
-            print(json.dumps({"type": kind, **fields}), flush=True)
+            print(json.dumps({"type": event_type, **fields}), flush=True)
 
     def warning(self, path: bytes, message: str) -> None:
         if self.json:

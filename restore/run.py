@@ -43,7 +43,7 @@ class RestoreOptions:
 @dataclass
 class RestoreResult:
     files: int = 0
-    bytes: int = 0
+    bytes_written: int = 0
     unchanged: int = 0
     packs_read: int = 0
     problems: list[tuple[bytes, str]] = field(default_factory=list)
@@ -99,17 +99,20 @@ class _Restore:
 
     def write(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
         for d in plan.read("dirs"):
-            self.guard(d, partial(writer.make_dir, d))
+            self.guard(d, partial(writer.make_dir, d), writer)
         for seq in sorted(plan.packs):
             self.restore_pack(plan, seq, writer, workdir)
         for e in plan.read("links"):
-            self.guard(e, partial(self.make_link, writer, e))
+            self.guard(e, partial(self.make_link, writer, e), writer)
         for d in plan.dirs_deepest_first():
-            self.guard(d, partial(writer.finish_dir, d))
+            self.guard(d, partial(writer.finish_dir, d), writer)
 
-    def guard(self, e: Entry, action: Callable[[], None]) -> bool:
+    def guard(self, e: Entry, action: Callable[[], None], writer: SafeWriter) -> bool:
+        """Run one write; report per-file trouble and go on; stop on a full disk."""
         try:
             action()
+            for message in writer.warnings:
+                self.problem(e.path, message)
             return True
         except _PER_FILE as exc:
             self.problem(e.path, str(exc))
@@ -120,6 +123,8 @@ class _Restore:
                     "free space (or pick another --to) and run the restore again"
                 ) from exc
             self.problem(e.path, exc.strerror or str(exc))
+        finally:
+            writer.warnings.clear()
         return False
 
     def make_link(self, writer: SafeWriter, e: Entry) -> None:
@@ -152,9 +157,9 @@ class _Restore:
                     nxt = next(pending, None)
                 if nxt is not None and nxt.path == m.path:
                     e = nxt
-                    if self.guard(e, partial(writer.write_file, e, m.chunks())):
+                    if self.guard(e, partial(writer.write_file, e, m.chunks()), writer):
                         self.result.files += 1
-                        self.result.bytes += e.size
+                        self.result.bytes_written += e.size
                         self.listener(FileRestored(e.path, e.size))
                     nxt = next(pending, None)
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:

@@ -308,7 +308,7 @@ class SafeWriter:
         src_fd = self._walk(src_parent, create=False)
         try:
             src = os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
-            if False:
+            if not stat.S_ISREG(src.st_mode):
                 raise UnsafePath(
                     f"{_show(entry.path)}: hard link source {_show(entry.target)} "
                     "is not a regular file; refusing to link it"

@@ -22,6 +22,7 @@ from blanket.errors import UsageError
 from blanket.events import FileStored, Listener, PackCommitted, SourceWarning, ignore
 from blanket.exclude import Excluder
 from blanket.indexfmt import IndexHeader, escape, render_index, unescape
+from blanket.lock import RepoLock
 from blanket.merge import replay
 from blanket.model import Entry
 from blanket.packer import PackWriter
@@ -117,6 +118,7 @@ class _Run:
         self.pack_started = 0.0
         self.pack_from: bytes | None = self.pos.pointer
         self.last_path: bytes | None = self.pos.pointer
+        self.on_commit: Callable[[], None] = lambda: None
 
     def now(self) -> int:
         """Entry times never go backwards, even if the system clock does."""
@@ -242,6 +244,7 @@ class _Run:
             PackCommitted(final.seq, final.layer, final.entries, final.data_size, final.clock_to)
         )
         self.save_scan()
+        self.on_commit()
 
     def save_scan(self, *, done: bool = False) -> None:
         progress = self.repo.state.load()
@@ -308,10 +311,13 @@ def run_backup(
     src = os.fsencode(os.path.realpath(source))
     if not os.path.isdir(src):
         raise UsageError(f"source {source} is not a directory; give the folder to back up")
-    repo.refresh()
-    _check_source(repo, src, socket.gethostname())
-    repo.state.clean_spool()
-    return _Run(repo, src, opts, listener, stop or threading.Event(), clock).go()
+    with RepoLock(repo.backend, repo.state.dir) as lock:
+        repo.refresh()
+        _check_source(repo, src, socket.gethostname())
+        repo.state.clean_spool()
+        run = _Run(repo, src, opts, listener, stop or threading.Event(), clock)
+        run.on_commit = lock.renew
+        return run.go()
 
 
 # --- reading file content ------------------------------------------------------------

@@ -213,13 +213,33 @@ class Repository:
 
     # --- committing ------------------------------------------------------------------
 
+    def _store_data(self, key: str, sealed: SealedPack, attempts: int = 2) -> None:
+        """Upload a pack and check that the store kept exactly that (size, and checksum
+        where the store reports one); a store that lies about a put never gets an index
+        pointing at a bad object."""
+        problem = ""
+        for _ in range(attempts):
+            with open(sealed.path, "rb") as f:
+                self.backend.put(key, f)
+            try:
+                info = self.backend.head(key)
+            except NotFound:
+                problem = "the store does not have it after a successful upload"
+                continue
+            if info.size != sealed.size:
+                problem = f"the store kept {info.size} of {sealed.size} bytes"
+            elif info.checksum_sha256 and info.checksum_sha256 != sealed.sha256:
+                problem = "the store's checksum differs from the uploaded bytes"
+            else:
+                return
+        raise IntegrityError(f"cannot store {key}: {problem}; nothing was committed")
+
     def commit(self, sealed: SealedPack, header: IndexHeader, entries: list[Entry]) -> IndexHeader:
         """Store the pack, then its index: the commit point. Returns the final header."""
         seq = len(self.headers)
         dkey = data_key(seq, sealed.sha256)
         final = _with_data(header, seq, self.last_hash(), dkey, sealed)
-        with open(sealed.path, "rb") as f:
-            self.backend.put(dkey, f)
+        self._store_data(dkey, sealed)
         plain = indexfmt.render_index(final, entries)
         try:
             self.backend.put(index_key(seq), self.gpg.encrypt_bytes(plain), if_absent=True)

@@ -9,6 +9,7 @@ asked to (time or byte budget, a signal); either way everything sealed is commit
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from blanket import model, scan
+from blanket import model, reading, scan
 from blanket.changes import Delete, Emit, Keep, Seen, diff
 from blanket.errors import UsageError
 from blanket.events import FileStored, Listener, PackCommitted, SourceWarning, ignore
@@ -30,7 +31,8 @@ from blanket.repo import Repository
 from blanket.walker import walk
 
 MiB = 1 << 20
-SMALL_FILE = 4 * MiB
+SMALL_FILE = 4 * MiB  # read whole before packing, so a torn copy never reaches the tar
+MIN_PART = 64 << 10
 
 
 @dataclass
@@ -119,6 +121,23 @@ class _Run:
         self.pack_from: bytes | None = self.pos.pointer
         self.last_path: bytes | None = self.pos.pointer
         self.on_commit: Callable[[], None] = lambda: None
+        self.part_size = max(opts.pack_size, MIN_PART)
+        self.pending_parts = self._pending_parts()
+        self.stopping = False
+
+    def _pending_parts(self) -> dict[bytes, list[Entry]]:
+        """Parts of a split file committed by a run that stopped inside that file: they
+        sit in the trailing commits of this layer that did not move the clock on."""
+        found: dict[bytes, list[Entry]] = {}
+        if self.pos.pointer is None:
+            return found
+        for h in reversed(self.repo.headers):
+            if h.layer != self.pos.layer or h.clock_to != self.pos.pointer:
+                break
+            for e in self.repo.entries(h.seq):
+                if e.kind == model.PART:
+                    found.setdefault(e.path, []).append(e)
+        return found
 
     def now(self) -> int:
         """Entry times never go backwards, even if the system clock does."""
@@ -179,33 +198,96 @@ class _Run:
         return self.pack
 
     def store_file(self, e: Entry) -> None:
+        """Read and pack one file; per-file trouble is a warning and the run goes on."""
         try:
             fd = scan.open_for_read(self.source, e.path)
         except OSError as exc:
             self.warn(e.path, f"cannot read: {exc.strerror or exc}")
             return
         try:
-            if e.size <= SMALL_FILE:
-                chunks = _read_settled(fd, e)
-                if chunks is None:
-                    self.warn(e.path, "changed while being read; will try again next pass")
-                    return
-                stored = self.writer().add_file(e, iter(chunks))
-            else:
-                torn: list[bool] = []
-                stored = self.writer().add_file(e, _stream(fd, e, torn))
-                if torn:
-                    self.writer().entries.pop()
-                    self.warn(e.path, "changed while being read; will try again next pass")
-                    return
+            stored = self._pack_content(fd, e)
         except OSError as exc:
             self.warn(e.path, f"cannot read: {exc.strerror or exc}")
             return
         finally:
             os.close(fd)
+        if stored is None:
+            if not self.stopping:
+                self.warn(e.path, "changed while being read; will try again next pass")
+            return
         self.result.files += 1
-        self.result.bytes_read += stored.size
+        if not stored.parts:
+            self.result.bytes_read += stored.size
         self.listener(FileStored(e.path, stored.size))
+
+    def _pack_content(self, fd: int, e: Entry) -> Entry | None:
+        if not e.sparse and e.size > self.part_size:
+            return self._pack_split(fd, e)
+        if e.size <= SMALL_FILE:
+            chunks = reading.read_settled(fd, e)
+            if chunks is None and not e.sparse:  # changed since the walk: one more try
+                e = _restat(e, os.fstat(fd), self.now())
+                chunks = reading.read_settled(fd, e)
+            return None if chunks is None else self.writer().add_file(e, iter(chunks))
+        torn: list[bool] = []
+        stored = self.writer().add_file(e, reading.stream(fd, e, torn))
+        if torn:
+            self.writer().entries.pop()  # the torn member stays in the tar, unindexed
+            return None
+        return stored
+
+    def _pack_split(self, fd: int, e: Entry) -> Entry | None:
+        """Store a file larger than a pack as parts in consecutive packs, each committed
+        as it fills; after an interruption, continue after the last committed part."""
+        offset, count, since, whole = self._resume_parts(fd, e)
+        while offset < e.size:
+            length = min(self.part_size, e.size - offset)
+            if self.pack is not None and self.pack.packed_bytes + length > self.opts.pack_size:
+                self.seal(complete=False)  # one part per pack, not two that overflow it
+            torn: list[bool] = []
+            part = replace(e, kind=model.PART, offset=offset, length=length, since=since, sha256="")
+            self.writer().add_part(
+                part, _hashing(reading.read_range(fd, offset, length, torn), whole)
+            )
+            if torn or not reading.same(os.fstat(fd), e):
+                return None
+            offset += length
+            count += 1
+            self.result.bytes_read += length
+            if self.due() or (offset < e.size and self.out_of_budget()):
+                self.seal(complete=False)
+            if offset < e.size and self.out_of_budget():
+                self.stopping = True
+                return None
+        final = replace(e, sha256=whole.hexdigest(), parts=count, since=since)
+        self.writer().note(final)
+        return final
+
+    def _resume_parts(self, fd: int, e: Entry) -> tuple[int, int, int, hashlib._Hash]:
+        """Parts of ``e`` that an interrupted run committed, checked against the file as
+        it is now (re-read and hashed locally; nothing is downloaded). Returns where to
+        go on: ``(offset, parts so far, since of the version, hash of what is before)``."""
+        fresh = (0, 0, e.since, hashlib.sha256())
+        parts = self.pending_parts.get(e.path, [])
+        if not parts:
+            return fresh
+        since = parts[-1].since
+        chain = sorted((p for p in parts if p.since == since), key=lambda p: p.offset)
+        whole = hashlib.sha256()
+        offset = 0
+        for p in chain:
+            stat_now = (e.size, e.mtime_ns, e.ctime_ns, e.ino)
+            if (p.size, p.mtime_ns, p.ctime_ns, p.ino) != stat_now or p.offset != offset:
+                return fresh
+            digest = hashlib.sha256()
+            torn: list[bool] = []
+            for chunk in reading.read_range(fd, p.offset, p.length, torn):
+                digest.update(chunk)
+                whole.update(chunk)
+            if torn or digest.hexdigest() != p.sha256:
+                return fresh
+            offset += p.length
+        return offset, len(chain), since, whole
 
     def due(self) -> bool:
         p = self.pack
@@ -272,7 +354,8 @@ class _Run:
                         self.store_file(e)
                     else:
                         self.writer().add_meta(e)
-                    self.last_path = e.path
+                    if not self.stopping:  # a split file stopped midway is not done
+                        self.last_path = e.path
                 elif isinstance(change, Delete):
                     self.writer().add_meta(Entry(model.DELETED, change.path, since=self.now()))
                     self.result.deleted += 1
@@ -281,7 +364,7 @@ class _Run:
                     self.last_path = change.path
                 if self.due():
                     self.seal(complete=False)
-                if self.out_of_budget():
+                if self.stopping or self.out_of_budget():
                     self.result.stopped_early = True
                     self.seal(complete=False)
                     self.save_scan()
@@ -320,45 +403,15 @@ def run_backup(
         return run.go()
 
 
-# --- reading file content ------------------------------------------------------------
+def _hashing(chunks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
 
 
-def _segments(e: Entry) -> list[tuple[int, int]]:
-    return list(e.sparse) if e.sparse else [(0, e.size)]
-
-
-def _pread_all(fd: int, e: Entry, torn: list[bool]) -> Iterator[bytes]:
-    """The data segments' bytes in chunks of at most 1 MiB; a file that shrank is padded
-    with zeros and flagged in ``torn``."""
-    for off, length in _segments(e):
-        pos, end = off, off + length
-        while pos < end:
-            chunk = os.pread(fd, min(MiB, end - pos), pos)
-            if not chunk:
-                torn.append(True)
-                chunk = bytes(min(MiB, end - pos))
-            pos += len(chunk)
-            yield chunk
-
-
-def _same(st: os.stat_result, e: Entry) -> bool:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (e.size, e.mtime_ns, e.ctime_ns)
-
-
-def _read_settled(fd: int, e: Entry) -> list[bytes] | None:
-    """A small file's content, or None if it is not the version ``e`` describes."""
-    if not _same(os.fstat(fd), e):
-        return None
-    torn: list[bool] = []
-    chunks = list(_pread_all(fd, e, torn))
-    if torn or not _same(os.fstat(fd), e):
-        return None
-    return chunks
-
-
-def _stream(fd: int, e: Entry, torn: list[bool]) -> Iterator[bytes]:
-    if not _same(os.fstat(fd), e):
-        torn.append(True)
-    yield from _pread_all(fd, e, torn)
-    if not _same(os.fstat(fd), e):
-        torn.append(True)
+def _restat(e: Entry, st: os.stat_result, since: int) -> Entry:
+    """``e`` brought up to date with a fresh ``fstat`` (for the one retry of a file that
+    changed between the walk and the read)."""
+    return replace(
+        e, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, since=since
+    )

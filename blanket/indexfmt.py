@@ -105,8 +105,12 @@ def render_entry(e: Entry) -> bytes:
         if e.group:
             fields.append(f"group={escape(e.group)}")
         fields += [f"mtime={e.mtime_ns}", f"ctime={e.ctime_ns}", f"ino={e.ino}"]
-    if e.kind in (model.FILE, model.HARDLINK):
+    if e.kind in (model.FILE, model.HARDLINK, model.PART):
         fields += [f"size={e.size}", f"sha256={e.sha256 or '-'}"]
+    if e.kind == model.PART:
+        fields += [f"offset={e.offset}", f"length={e.length}"]
+    if e.parts:
+        fields.append(f"parts={e.parts}")
     if e.kind in (model.SYMLINK, model.HARDLINK):
         fields.append(f"target={escape(e.target)}")
     if e.kind in (model.CHARDEV, model.BLOCKDEV):
@@ -204,6 +208,9 @@ def parse_entry(line: bytes) -> Entry:
         xattrs=_parse_xattrs(f.get("xattrs", "")),
         sparse=_parse_sparse(f.get("sparse", "")),
         since=int(_header_value(f, "since")),
+        offset=int(f.get("offset", "0")),
+        length=int(f.get("length", "0")),
+        parts=int(f.get("parts", "0")),
     )
 
 

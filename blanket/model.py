@@ -18,7 +18,8 @@ FIFO = "p"
 CHARDEV = "c"
 BLOCKDEV = "b"
 DELETED = "x"
-KINDS = (FILE, DIR, SYMLINK, HARDLINK, FIFO, CHARDEV, BLOCKDEV, DELETED)
+PART = "P"  # one part of a file split over several packs; not a version of its own
+KINDS = (FILE, DIR, SYMLINK, HARDLINK, FIFO, CHARDEV, BLOCKDEV, DELETED, PART)
 
 ROOT = b"."
 
@@ -31,8 +32,12 @@ class Entry:
     (``st_mode & 0o7777``); the type is ``kind``. ``target`` is a symlink's target or, for a
     hard link, the path of the entry that holds the content. ``sparse`` lists the data
     segments ``(offset, length)`` of a sparse file (empty for a dense one). ``since`` is
-    when this version was first seen, in nanoseconds since the epoch. ``part`` and
-    ``parts`` are reserved for files split over several packs (``parts == 0``: not split).
+    when this version was first seen, in nanoseconds since the epoch.
+
+    A file larger than a pack is split: its content goes into ``PART`` entries, each
+    holding ``length`` bytes at ``offset`` (``size`` and the stat fields are the whole
+    file's, ``sha256`` the part's), written in consecutive commits of one layer; the
+    file's own entry follows the last part and says how many there are (``parts``).
     """
 
     kind: str
@@ -53,6 +58,9 @@ class Entry:
     xattrs: tuple[tuple[bytes, bytes], ...] = field(default=())
     sparse: tuple[tuple[int, int], ...] = field(default=())
     since: int = 0
+    offset: int = 0
+    length: int = 0
+    parts: int = 0
 
     @property
     def key(self) -> bytes:

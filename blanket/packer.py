@@ -34,6 +34,12 @@ def member_name(path: bytes) -> str:
     return TREE if path == model.ROOT else TREE + "/" + os.fsdecode(path)
 
 
+def part_member_name(path: bytes, offset: int) -> str:
+    """The member holding the part at ``offset`` of a split file: concatenating a file's
+    part members in name order gives the file."""
+    return f"{member_name(path)}.blanket-part-{offset:016d}"
+
+
 @dataclass(frozen=True)
 class SealedPack:
     """A finished pack in the local spool, ready to upload."""
@@ -184,6 +190,33 @@ class PackWriter:
         for _ in body:  # tar stops reading at the declared size: let the hash see the end
             pass
         self.content_bytes += stored
+        done = replace(e, sha256=digest.hexdigest())
+        self.entries.append(done)
+        return done
+
+    def note(self, e: Entry) -> None:
+        """Record an entry whose content is already in the pack (a split file's entry,
+        written after its last part)."""
+        self.entries.append(e)
+
+    def add_part(self, e: Entry, data: Iterable[bytes]) -> Entry:
+        """Add one part of a split file (``e.length`` bytes at ``e.offset``) as its own
+        member; returns the part entry with the part's SHA-256 filled in."""
+        digest = hashlib.sha256()
+
+        def hashed() -> Iterator[bytes]:
+            for chunk in data:
+                digest.update(chunk)
+                yield chunk
+
+        ti = self._info(e, part_member_name(e.path, e.offset))
+        ti.size = e.length
+        body = hashed()
+        self._tar.addfile(ti, _ChunkReader(body))
+        for _ in body:
+            pass
+        self.content_bytes += e.length
+        self._zw.flush(zstandard.FLUSH_BLOCK)  # so packed_bytes counts this part now
         done = replace(e, sha256=digest.hexdigest())
         self.entries.append(done)
         return done

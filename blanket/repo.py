@@ -34,7 +34,7 @@ from blanket.errors import (
 )
 from blanket.indexfmt import IndexHeader
 from blanket.merge import Located
-from blanket.model import Entry
+from blanket.model import PART, Entry
 from blanket.packer import SealedPack
 from blanket.state import LocalState
 
@@ -209,7 +209,21 @@ class Repository:
     def _layer_stream(self, headers: list[IndexHeader]) -> Iterator[Located]:
         for h in headers:
             for e in self.entries(h.seq):
-                yield Located(e, h.seq, h.layer)
+                if e.kind != PART:
+                    yield Located(e, h.seq, h.layer)
+
+    def parts_of(self, seq: int, e: Entry) -> list[tuple[int, Entry]]:
+        """The parts of split file ``e`` whose entry commit ``seq`` holds: ``(seq, part)``
+        in offset order, looked up backwards through the commits of its layer."""
+        layer = self.headers[seq].layer
+        found: dict[int, tuple[int, Entry]] = {}
+        s = seq
+        while s >= 0 and self.headers[s].layer == layer and len(found) < e.parts:
+            for p in self.entries(s):
+                if p.kind == PART and p.path == e.path and p.since == e.since:
+                    found.setdefault(p.offset, (s, p))
+            s -= 1
+        return [found[o] for o in sorted(found)]
 
     # --- committing ------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class Plan:
         self.dir = Path(workdir)
         self._files: dict[str, IO[bytes]] = {}
         self.packs: dict[int, int] = {}  # seq -> files needed from it
+        self.split: set[int] = set()  # seqs whose index holds a split file's entry
         self.found: set[bytes] = set()
         self.entries = 0
         self.bytes = 0
@@ -67,6 +68,10 @@ class Plan:
                 self.found.add(top)
         if e.kind == model.DIR:
             self._write("dirs", e)
+        elif e.kind == model.FILE and e.parts:
+            self._write(f"split-{item.seq:012d}", e)
+            self.split.add(item.seq)
+            self.bytes += e.size
         elif e.kind == model.FILE:
             self._write(f"pack-{item.seq:012d}", e)
             self.packs[item.seq] = self.packs.get(item.seq, 0) + 1

@@ -8,10 +8,11 @@ goes on; trouble with the target itself (no space left) stops it with a clear er
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -23,6 +24,7 @@ from blanket.events import FileRestored, Listener, RestoreProblem, ignore
 from blanket.indexfmt import IndexHeader
 from blanket.merge import replay
 from blanket.model import Entry
+from blanket.packer import TREE, part_member_name
 from blanket.repo import Repository
 from blanket.restore.fetch import fetch_plaintext, members
 from blanket.restore.plan import Plan, missing_tops, select, show
@@ -102,6 +104,9 @@ class _Restore:
             self.guard(d, partial(writer.make_dir, d), writer)
         for seq in sorted(plan.packs):
             self.restore_pack(plan, seq, writer, workdir)
+        for seq in sorted(plan.split):
+            for e in plan.read(f"split-{seq:012d}"):
+                self.restore_split(seq, e, writer, workdir)
         for e in plan.read("links"):
             self.guard(e, partial(self.make_link, writer, e), writer)
         for d in plan.dirs_deepest_first():
@@ -134,6 +139,27 @@ class _Restore:
             writer.make_hardlink(e)
         else:
             writer.make_special(e)
+
+    def restore_split(self, seq: int, e: Entry, writer: SafeWriter, workdir: str) -> None:
+        if writer.existing_matches(e):
+            self.result.unchanged += 1
+            return
+        parts = self.repo.parts_of(seq, e)
+        covered = sum(p.length for _, p in parts)
+        if len(parts) != e.parts or covered != e.size:
+            self.problem(e.path, f"only {len(parts)} of its {e.parts} parts are in the repository")
+            return
+        job = _SplitRestore(self.repo, parts, workdir)
+        try:
+            ok = self.guard(e, partial(writer.write_file, e, job.chunks()), writer)
+        except (IntegrityError, tarfile.TarError, zstandard.ZstdError) as exc:
+            self.problem(e.path, f"not restored: {exc}")
+            ok = False
+        self.result.packs_read += job.packs_read
+        if ok:
+            self.result.files += 1
+            self.result.bytes_written += e.size
+            self.listener(FileRestored(e.path, e.size))
 
     def restore_pack(self, plan: Plan, seq: int, writer: SafeWriter, workdir: str) -> None:
         wanted = [e for e in plan.pack_entries(seq) if not writer.existing_matches(e)]
@@ -169,6 +195,34 @@ class _Restore:
         while nxt is not None:
             self.problem(nxt.path, f"missing from {header.data_key}")
             nxt = next(pending, None)
+
+
+def _part_name(p: Entry) -> bytes:
+    return os.fsencode(part_member_name(p.path, p.offset))[len(TREE) + 1 :]
+
+
+class _SplitRestore:
+    """The content of a split file, streamed from its parts across consecutive packs."""
+
+    def __init__(self, repo: Repository, parts: list[tuple[int, Entry]], workdir: str) -> None:
+        self.repo, self.parts, self.workdir = repo, parts, workdir
+        self.packs_read = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        for seq, group in itertools.groupby(self.parts, key=lambda sp: sp[0]):
+            wanted = {_part_name(p): p for _, p in group}
+            zst = fetch_plaintext(
+                self.repo.backend, self.repo.gpg, self.repo.headers[seq], self.workdir
+            )
+            self.packs_read += 1
+            try:
+                for m in members(zst):
+                    if wanted.pop(m.path, None) is not None:
+                        yield from m.chunks()
+            finally:
+                os.unlink(zst)
+            if wanted:
+                raise IntegrityError(f"{self.repo.headers[seq].data_key} lacks a part it lists")
 
 
 def run_restore(

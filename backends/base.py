@@ -186,6 +186,15 @@ class Backend(ABC):
         """
         return None
 
+    def discard_incomplete(self) -> int:
+        """Remove what interrupted uploads left behind where the store keeps such things
+        out of sight (S3 multipart uploads); returns how many were removed. Local temp
+        files of a crashed put are never listed and need no call.
+
+        Raises StoreError if the store refuses (callers treat that as "leave them").
+        """
+        return 0
+
     def close(self) -> None:
         """Release connections and files; the backend is not used afterwards.
 

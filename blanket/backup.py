@@ -398,6 +398,7 @@ def run_backup(
         repo.refresh()
         _check_source(repo, src, socket.gethostname())
         repo.state.clean_spool()
+        repo.clean_leftovers()
         run = _Run(repo, src, opts, listener, stop or threading.Event(), clock)
         run.on_commit = lock.renew
         return run.go()

@@ -30,6 +30,7 @@ from blanket.errors import (
     NotFound,
     RepositoryLocked,
     RepositoryMissing,
+    StoreError,
     WrongKey,
 )
 from blanket.indexfmt import IndexHeader
@@ -188,6 +189,22 @@ class Repository:
         if header.prev_index_sha256 != prev_hash:
             raise IntegrityError(f"index {index_key(seq)} does not chain to the index before it")
         return header
+
+    def clean_leftovers(self) -> int:
+        """Delete what crashed runs left (data objects no index names, incomplete
+        uploads). Needs delete permission: without it the leftovers stay, harmless,
+        for gc. Call only while holding the repository lock. Returns objects removed."""
+        named = {h.data_key for h in self.headers}
+        removed = 0
+        try:
+            for info in list(self.backend.list("data/")):
+                if info.key not in named:
+                    self.backend.delete(info.key)
+                    removed += 1
+            removed += self.backend.discard_incomplete()
+        except StoreError:
+            pass  # no delete permission: leftovers are ignored by readers and left to gc
+        return removed
 
     def last_hash(self) -> str:
         if not self.headers:

@@ -115,7 +115,8 @@ class _Run:
         self.result = BackupResult(layer=self.pos.layer)
         self.started = time.monotonic()
         self.since_floor = max((h.created for h in repo.headers), default=0)
-        self.links: dict[tuple[int, int], bytes] = {}
+        self.links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path of group
+        self.leaders: dict[bytes, tuple[int, int]] = {}
         self.pack: PackWriter | None = None
         self.pack_started = 0.0
         self.pack_from: bytes | None = self.pos.pointer
@@ -173,11 +174,14 @@ class _Run:
         yield from (Seen(p, None, opaque=True) for p in errors)
 
     def _linked(self, entry: Entry, st: os.stat_result) -> Entry:
-        """Store a hard-linked file once: later paths of the group point at the first."""
+        """Store a hard-linked file once: later paths of the group point at the first
+        (dropped from the map if its content could not be stored)."""
         if entry.kind != model.FILE or st.st_nlink < 2:
             return entry
-        first = self.links.setdefault((st.st_dev, st.st_ino), entry.path)
+        group = (st.st_dev, st.st_ino)
+        first = self.links.setdefault(group, entry.path)
         if first == entry.path:
+            self.leaders[entry.path] = group
             return entry
         return replace(entry, kind=model.HARDLINK, target=first, sparse=())
 
@@ -202,41 +206,42 @@ class _Run:
         try:
             fd = scan.open_for_read(self.source, e.path)
         except OSError as exc:
-            self.warn(e.path, f"cannot read: {exc.strerror or exc}")
-            return
-        try:
-            stored = self._pack_content(fd, e)
-        except OSError as exc:
-            self.warn(e.path, f"cannot read: {exc.strerror or exc}")
-            return
-        finally:
-            os.close(fd)
-        if stored is None:
+            stored: Entry | str = f"cannot read: {exc.strerror or exc}"
+        else:
+            try:
+                stored = self._pack_content(fd, e)
+            finally:
+                os.close(fd)
+        if isinstance(stored, str):
             if not self.stopping:
-                self.warn(e.path, "changed while being read; will try again next pass")
+                self.warn(e.path, stored)
+            group = self.leaders.pop(e.path, None)
+            if group is not None:  # later names of this file must not point at it
+                del self.links[group]
             return
         self.result.files += 1
         if not stored.parts:
             self.result.bytes_read += stored.size
         self.listener(FileStored(e.path, stored.size))
 
-    def _pack_content(self, fd: int, e: Entry) -> Entry | None:
+    def _pack_content(self, fd: int, e: Entry) -> Entry | str:
+        """The stored entry, or why the file could not be stored."""
         if not e.sparse and e.size > self.part_size:
             return self._pack_split(fd, e)
         if e.size <= SMALL_FILE:
             chunks = reading.read_settled(fd, e)
-            if chunks is None and not e.sparse:  # changed since the walk: one more try
+            if chunks == reading.CHANGED and not e.sparse:  # changed since the walk: retry
                 e = _restat(e, os.fstat(fd), self.now())
                 chunks = reading.read_settled(fd, e)
-            return None if chunks is None else self.writer().add_file(e, iter(chunks))
-        torn: list[bool] = []
+            return chunks if isinstance(chunks, str) else self.writer().add_file(e, iter(chunks))
+        torn: list[str] = []
         stored = self.writer().add_file(e, reading.stream(fd, e, torn))
         if torn:
             self.writer().entries.pop()  # the torn member stays in the tar, unindexed
-            return None
+            return torn[0]
         return stored
 
-    def _pack_split(self, fd: int, e: Entry) -> Entry | None:
+    def _pack_split(self, fd: int, e: Entry) -> Entry | str:
         """Store a file larger than a pack as parts in consecutive packs, each committed
         as it fills; after an interruption, continue after the last committed part."""
         offset, count, since, whole = self._resume_parts(fd, e)
@@ -244,13 +249,13 @@ class _Run:
             length = min(self.part_size, e.size - offset)
             if self.pack is not None and self.pack.packed_bytes + length > self.opts.pack_size:
                 self.seal(complete=False)  # one part per pack, not two that overflow it
-            torn: list[bool] = []
+            torn: list[str] = []
             part = replace(e, kind=model.PART, offset=offset, length=length, since=since, sha256="")
-            self.writer().add_part(
-                part, _hashing(reading.read_range(fd, offset, length, torn), whole)
-            )
+            data = _hashing(reading.read_range(fd, offset, length, torn), whole)
+            self.writer().add_part(part, data)
             if torn or not reading.same(os.fstat(fd), e):
-                return None
+                self.writer().entries.pop()
+                return torn[0] if torn else reading.CHANGED
             offset += length
             count += 1
             self.result.bytes_read += length
@@ -258,7 +263,7 @@ class _Run:
                 self.seal(complete=False)
             if offset < e.size and self.out_of_budget():
                 self.stopping = True
-                return None
+                return "stopped inside this file; the next run continues it"
         final = replace(e, sha256=whole.hexdigest(), parts=count, since=since)
         self.writer().note(final)
         return final
@@ -280,7 +285,7 @@ class _Run:
             if (p.size, p.mtime_ns, p.ctime_ns, p.ino) != stat_now or p.offset != offset:
                 return fresh
             digest = hashlib.sha256()
-            torn: list[bool] = []
+            torn: list[str] = []
             for chunk in reading.read_range(fd, p.offset, p.length, torn):
                 digest.update(chunk)
                 whole.update(chunk)

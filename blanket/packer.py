@@ -25,6 +25,7 @@ from blanket.crypto import Gpg, PipeEncryptor
 from blanket.model import Entry
 
 TREE = "tree"
+PARTS = "parts"
 INDEX_MEMBER = "index.txt"
 CHUNK = 1 << 20
 
@@ -35,9 +36,10 @@ def member_name(path: bytes) -> str:
 
 
 def part_member_name(path: bytes, offset: int) -> str:
-    """The member holding the part at ``offset`` of a split file: concatenating a file's
-    part members in name order gives the file."""
-    return f"{member_name(path)}.blanket-part-{offset:016d}"
+    """The member holding the part at ``offset`` of a split file. Parts live under
+    ``parts/``, apart from ``tree/``, so no source file can share a part's name; a
+    file's part members in name order concatenate to the file."""
+    return f"{PARTS}/{os.fsdecode(path)}/{offset:016d}"
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,23 @@ def _segments(e: Entry) -> list[tuple[int, int]]:
     return list(e.sparse) if e.sparse else [(0, e.size)]
 
 
-def read_range(fd: int, offset: int, length: int, torn: list[bool]) -> Iterator[bytes]:
-    """``length`` bytes at ``offset``; a file that shrank is padded with zeros and the
-    fact recorded in ``torn``."""
+CHANGED = "changed while being read; will try again next pass"
+
+
+def read_range(fd: int, offset: int, length: int, torn: list[str]) -> Iterator[bytes]:
+    """``length`` bytes at ``offset``, always exactly that many: a file that shrank, or
+    a read that failed, is padded with zeros and the reason recorded in ``torn`` (so a
+    tar member being written never ends short and breaks the pack)."""
     pos, end = offset, offset + length
     while pos < end:
-        chunk = os.pread(fd, min(MiB, end - pos), pos)
+        try:
+            chunk = os.pread(fd, min(MiB, end - pos), pos)
+        except OSError as exc:
+            torn.append(f"cannot read: {exc.strerror or exc}")
+            chunk = b""
         if not chunk:
-            torn.append(True)
+            if not torn:
+                torn.append(CHANGED)
             chunk = bytes(min(MiB, end - pos))
         pos += len(chunk)
         yield chunk
@@ -37,24 +46,26 @@ def same(st: os.stat_result, e: Entry) -> bool:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (e.size, e.mtime_ns, e.ctime_ns)
 
 
-def read_settled(fd: int, e: Entry) -> list[bytes] | None:
-    """A small file's whole content (its data segments), or None if it is not the
-    version ``e`` describes or changed while being read."""
+def read_settled(fd: int, e: Entry) -> list[bytes] | str:
+    """A small file's whole content (its data segments), or why it cannot be had: it is
+    not the version ``e`` describes, it changed while being read, or a read failed."""
     if not same(os.fstat(fd), e):
-        return None
-    torn: list[bool] = []
+        return CHANGED
+    torn: list[str] = []
     chunks = [c for off, n in _segments(e) for c in read_range(fd, off, n, torn)]
-    if torn or not same(os.fstat(fd), e):
-        return None
+    if torn:
+        return torn[0]
+    if not same(os.fstat(fd), e):
+        return CHANGED
     return chunks
 
 
-def stream(fd: int, e: Entry, torn: list[bool]) -> Iterator[bytes]:
-    """A large file's data segments, streamed; ``torn`` says afterwards whether the file
-    changed while it was read."""
+def stream(fd: int, e: Entry, torn: list[str]) -> Iterator[bytes]:
+    """A large file's data segments, streamed; afterwards ``torn`` says why the copy is
+    not good (it changed while being read, a read failed), or is empty."""
     if not same(os.fstat(fd), e):
-        torn.append(True)
+        torn.append(CHANGED)
     for off, n in _segments(e):
         yield from read_range(fd, off, n, torn)
     if not same(os.fstat(fd), e):
-        torn.append(True)
+        torn.append(CHANGED)

@@ -22,7 +22,6 @@ from blanket.backends.base import Backend, download_to
 from blanket.crypto import Gpg
 from blanket.errors import IntegrityError
 from blanket.indexfmt import IndexHeader
-from blanket.packer import TREE
 
 CHUNK = 1 << 20
 
@@ -43,9 +42,9 @@ class _Hashing:
 
 @dataclass
 class Member:
-    """A tar member of a pack: its entry path and a reader for its content."""
+    """A tar member of a pack: its name (bytes) and a reader for its content."""
 
-    path: bytes
+    name: bytes
     info: tarfile.TarInfo
     tar: tarfile.TarFile
 
@@ -82,16 +81,12 @@ def fetch_plaintext(backend: Backend, gpg: Gpg, header: IndexHeader, workdir: st
 
 
 def members(zst_path: str) -> Iterator[Member]:
-    """The pack's tree members in stored order (the index member and anything not under
-    ``tree`` are skipped)."""
+    """The pack's members in stored order, named as in the tar (member names are only
+    looked up, never used as paths)."""
     with open(zst_path, "rb") as raw:
         stream = zstandard.ZstdDecompressor().stream_reader(raw)
         with tarfile.open(
             fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
         ) as tar:
             for info in tar:
-                name = os.fsencode(info.name)
-                if name == TREE.encode():
-                    yield Member(b".", info, tar)
-                elif name.startswith(TREE.encode() + b"/"):
-                    yield Member(name[len(TREE) + 1 :], info, tar)
+                yield Member(os.fsencode(info.name), info, tar)

@@ -24,7 +24,7 @@ from blanket.events import FileRestored, Listener, RestoreProblem, ignore
 from blanket.indexfmt import IndexHeader
 from blanket.merge import replay
 from blanket.model import Entry
-from blanket.packer import TREE, part_member_name
+from blanket.packer import member_name, part_member_name
 from blanket.repo import Repository
 from blanket.restore.fetch import fetch_plaintext, members
 from blanket.restore.plan import Plan, missing_tops, select, show
@@ -174,31 +174,27 @@ class _Restore:
                 self.problem(e.path, f"not restored: {exc}")
             return
         self.result.packs_read += 1
-        pending = iter(wanted)
-        nxt = next(pending, None)
+        # matched by member name: a pack's members need not be in clock order (parts)
+        pending = {os.fsencode(member_name(e.path)): e for e in wanted}
         try:
             for m in members(zst):
-                while nxt is not None and nxt.key < model.clock_key(m.path):
-                    self.problem(nxt.path, f"missing from {header.data_key}")
-                    nxt = next(pending, None)
-                if nxt is not None and nxt.path == m.path:
-                    e = nxt
-                    if self.guard(e, partial(writer.write_file, e, m.chunks()), writer):
-                        self.result.files += 1
-                        self.result.bytes_written += e.size
-                        self.listener(FileRestored(e.path, e.size))
-                    nxt = next(pending, None)
+                if m.name not in pending:
+                    continue
+                e = pending.pop(m.name)
+                if self.guard(e, partial(writer.write_file, e, m.chunks()), writer):
+                    self.result.files += 1
+                    self.result.bytes_written += e.size
+                    self.listener(FileRestored(e.path, e.size))
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            self.problem(nxt.path if nxt else b".", f"{header.data_key} is unreadable: {exc}")
+            self.problem(header.data_key.encode(), f"unreadable after its checks passed: {exc}")
         finally:
             os.unlink(zst)
-        while nxt is not None:
-            self.problem(nxt.path, f"missing from {header.data_key}")
-            nxt = next(pending, None)
+        for e in pending.values():
+            self.problem(e.path, f"missing from {header.data_key}")
 
 
 def _part_name(p: Entry) -> bytes:
-    return os.fsencode(part_member_name(p.path, p.offset))[len(TREE) + 1 :]
+    return os.fsencode(part_member_name(p.path, p.offset))
 
 
 class _SplitRestore:
@@ -217,7 +213,7 @@ class _SplitRestore:
             self.packs_read += 1
             try:
                 for m in members(zst):
-                    if wanted.pop(m.path, None) is not None:
+                    if wanted.pop(m.name, None) is not None:
                         yield from m.chunks()
             finally:
                 os.unlink(zst)

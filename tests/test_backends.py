@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import pytest
+from moto import mock_aws
+from moto.core.botocore_stubber import BotocoreStubber
 
 from blanket.backends import open_backend
 from blanket.backends.base import Backend, check_key, download_to
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
+from blanket.backends.s3 import S3Backend
+from blanket.backends.wrappers import RateLimitedBackend, RetryingBackend
 from blanket.errors import (
     AlreadyExists,
     BadRange,
@@ -29,11 +33,63 @@ from blanket.errors import (
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["memory", "local"])
+def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake credentials and region; no endpoint, profile or config from the machine."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+def serialize_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handle one in-process moto request at a time. Real S3 applies each request
+    atomically (``If-None-Match`` included); moto's handlers check, then write, and let
+    concurrent threads slip in between, so a race test would test moto, not us."""
+    lock = threading.Lock()
+    handle = BotocoreStubber.process_request
+
+    def one_at_a_time(self: BotocoreStubber, request: Any) -> Any:
+        with lock:
+            return handle(self, request)
+
+    monkeypatch.setattr(BotocoreStubber, "process_request", one_at_a_time)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake_aws_env(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def atomic_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    serialize_moto(monkeypatch)
+
+
+@pytest.fixture
+def s3_store(aws_env: None, atomic_moto: None) -> Iterator[S3Backend]:
+    """An S3 store in moto, in process: bucket ``contract-bucket``, prefix ``some/prefix``."""
+    with mock_aws():
+        backend = S3Backend("contract-bucket", "some/prefix")
+        backend.create()
+        yield backend
+        backend.close()
+
+
+@pytest.fixture(params=["memory", "local", "s3", "wrapped"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every backend, and the wrappers as ``open_backend`` stacks them (over memory)."""
     backend: Backend
+    if request.param == "s3":
+        yield request.getfixturevalue("s3_store")
+        return
     if request.param == "memory":
         backend = MemoryBackend("test")
+    elif request.param == "wrapped":
+        limited = RateLimitedBackend(MemoryBackend("test"), 1e12, 1e12)
+        backend = RetryingBackend(limited, sleep=lambda _: None)
     else:
         backend = LocalBackend(tmp_path / "store")
     backend.create()
@@ -517,9 +573,72 @@ def test_open_memory_is_shared_per_name() -> None:
     assert isinstance(other, MemoryBackend) and other is not first
 
 
-def test_open_s3_not_supported_yet() -> None:
-    with pytest.raises(UsageError, match="S3 stores are not supported yet"):
-        open_backend("s3://bucket/prefix")
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://bucket/prefix", "bucket", "prefix"),
+        ("s3://bucket", "bucket", ""),
+        ("s3://bucket/", "bucket", ""),
+        ("S3://my.bucket-1/a/b/c/", "my.bucket-1", "a/b/c"),
+    ],
+)
+def test_open_s3(aws_env: None, url: str, bucket: str, prefix: str) -> None:
+    backend = open_backend(url)
+    assert isinstance(backend, RetryingBackend)
+    s3 = backend.inner
+    assert isinstance(s3, S3Backend)
+    assert (s3.bucket, s3.prefix) == (bucket, prefix)
+    assert s3.endpoint_url is None
+    assert bucket in backend.describe()
+
+
+def test_open_s3_endpoint_uses_path_style(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = open_backend("s3://bkt/p", endpoint_url="http://127.0.0.1:9000", retries=False)
+    assert isinstance(explicit, S3Backend)
+    assert explicit.endpoint_url == "http://127.0.0.1:9000"
+    assert explicit.client.meta.config.s3["addressing_style"] == "path"
+    assert "http://127.0.0.1:9000" in explicit.describe()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:9001")
+    from_env = open_backend("s3://bkt/p", retries=False)
+    assert isinstance(from_env, S3Backend)
+    assert from_env.endpoint_url == "http://localhost:9001"
+    assert from_env.client.meta.endpoint_url == "http://localhost:9001"
+    assert from_env.client.meta.config.s3["addressing_style"] == "path"
+
+
+def test_open_stacks_rate_limits(aws_env: None, tmp_path: Path) -> None:
+    s3 = open_backend("s3://bkt/p", limit_upload=1000, limit_download=2000)
+    assert isinstance(s3, RetryingBackend)
+    assert isinstance(s3.inner, RateLimitedBackend)
+    assert isinstance(s3.inner.inner, S3Backend)
+    local = open_backend(str(tmp_path / "repo"), limit_upload=1000)
+    assert isinstance(local, RateLimitedBackend)
+    assert local.download is None and local.upload is not None
+    assert isinstance(local.inner, LocalBackend)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://",
+        "s3:///prefix",
+        "s3://ab",
+        "s3://bkt/a//c",
+        "s3://bkt/a b",
+        "s3://bkt/.tmp-x",
+        "s3://bü/x",
+    ],
+)
+def test_open_bad_s3_urls(url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        open_backend(url)
+    assert "\n" not in str(caught.value)
+    assert repr(url) in str(caught.value)
+
+
+def test_endpoint_url_only_for_s3(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--endpoint-url applies only to s3://"):
+        open_backend(str(tmp_path / "repo"), endpoint_url="http://127.0.0.1:9000")
 
 
 @pytest.mark.parametrize(

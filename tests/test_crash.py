@@ -120,12 +120,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def _committed_files(url: str, home: str) -> set[str]:
     repo = Repository.open(LocalBackend(url), home)
     repo.refresh()
-    return {
-        os.fsdecode(e.path)
-        for h in repo.headers
-        for e in repo.entries(h.seq)
-        if e.kind == "f"
-    }
+    return {os.fsdecode(e.path) for h in repo.headers for e in repo.entries(h.seq) if e.kind == "f"}
 
 
 def _restore(url: str, home: str, target: Path) -> dict[str, bytes]:

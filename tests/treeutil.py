@@ -156,9 +156,7 @@ def subtree(snap: dict[bytes, Node], top: bytes) -> dict[bytes, Node]:
 def without(snap: dict[bytes, Node], *tops: bytes) -> dict[bytes, Node]:
     """``snap`` minus the given paths and everything below them."""
     return {
-        p: n
-        for p, n in snap.items()
-        if not any(p == t or p.startswith(t + b"/") for t in tops)
+        p: n for p, n in snap.items() if not any(p == t or p.startswith(t + b"/") for t in tops)
     }
 
 

@@ -56,6 +56,7 @@ class BackupResult:
     complete: bool = False
     stopped_early: bool = False
     pointer: bytes | None = None
+    coverage: float | None = None  # share of the tree the pass has covered (estimate)
     warnings: list[tuple[bytes, str]] = field(default_factory=list)
 
 
@@ -383,7 +384,22 @@ class _Run:
             if self.pack is not None:
                 self.pack.abort()
         self.result.pointer = self.last_path
+        self.result.coverage = self.coverage()
         return self.result
+
+    def coverage(self) -> float | None:
+        """How much of the pass is done, estimated as the share of the replayed tree at
+        or before the clock; unknown during the first pass (nothing to compare with)."""
+        if self.result.complete:
+            return 1.0
+        if self.pos.layer == 0 or self.last_path is None:
+            return None
+        key = model.clock_key(self.last_path)
+        total = done = 0
+        for located in replay(self.repo.layer_streams()):
+            total += 1
+            done += located.entry.key <= key
+        return done / total if total else None
 
 
 def run_backup(

@@ -134,7 +134,12 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
     with _graceful(stop):
         result = run_backup(repo, args.source, opts, listener=out.event, stop=stop)
     clock = path_text(result.pointer) if result.pointer is not None else "(start)"
-    state = "pass complete" if result.complete else f"clock at {clock}"
+    if result.complete:
+        state = "pass complete"
+    elif result.coverage is not None:
+        state = f"clock at {clock} (about {result.coverage:.0%} of the pass)"
+    else:
+        state = f"clock at {clock}"
     out.summary(
         f"layer {result.layer}: committed {result.packs} pack(s), {result.files} file(s), "
         f"{human_size(result.bytes_read)} read, {result.deleted} deletion(s); {state}"
@@ -147,6 +152,7 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
         complete=result.complete,
         stopped_early=result.stopped_early,
         clock=clock,
+        coverage=result.coverage,
         warnings=[{"path": path_text(p), "message": m} for p, m in result.warnings],
     )
     return EXIT_PARTIAL if result.warnings else EXIT_OK

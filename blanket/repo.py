@@ -157,13 +157,16 @@ class Repository:
         headers: list[IndexHeader] = []
         prev_hash = ""
         for seq in on_store:
-            path = self.state.index_path(seq)
+            header = None
             if seq in cached:
-                plain = path.read_bytes()
-            else:
+                plain = self.state.index_path(seq).read_bytes()
+                try:
+                    header = self._check_index(seq, plain, prev_hash)
+                except IntegrityError:
+                    header = None  # a damaged cache file: fetch the store's copy instead
+            if header is None:
                 plain = self.gpg.decrypt_bytes(self.backend.get(index_key(seq)), index_key(seq))
-            header = self._check_index(seq, plain, prev_hash)
-            if seq not in cached:
+                header = self._check_index(seq, plain, prev_hash)
                 self.state.store_index(seq, plain)
             headers.append(header)
             prev_hash = hashlib.sha256(plain).hexdigest()

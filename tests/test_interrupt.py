@@ -270,3 +270,19 @@ def _unreadable_scenario(home: Path, nobody: int) -> None:
     assert code == 0, (code, out, err)
     assert (target / "secret.txt").read_text() == "locked"
     assert (target / "z.txt").read_text() == "after"
+
+
+def test_a_damaged_local_cache_is_fetched_again_from_the_store(
+    cli: Any, keyring: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    source = _make_tree(src, files=5, size=1000)
+    repo = str(tmp_path / "repo")
+    cli("init", "--repo", repo, "--key", keyring.fingerprint, check=0)
+    cli("backup", "--repo", repo, str(src), check=0)
+    for cached in (tmp_path / "state").glob("*/index/*"):
+        cached.write_bytes(b"garbage")
+    (next((tmp_path / "state").glob("*/state.json"))).write_text("{not json")
+    out = tmp_path / "out"
+    cli("restore", "--repo", repo, "--to", str(out), check=0)
+    assert _files(out) == source

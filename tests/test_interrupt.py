@@ -286,3 +286,26 @@ def test_a_damaged_local_cache_is_fetched_again_from_the_store(
     out = tmp_path / "out"
     cli("restore", "--repo", repo, "--to", str(out), check=0)
     assert _files(out) == source
+
+
+def test_two_overlapping_runs_the_second_exits_11_and_nothing_breaks(
+    cli: Any, keyring: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    source = _make_tree(src, files=120, size=150_000)
+    repo = str(tmp_path / "repo")
+    cli("init", "--repo", repo, "--key", keyring.fingerprint, check=0)
+    env = _env(keyring, tmp_path)
+    first = _start(["backup", "--repo", repo, "--pack-size", "256K", str(src)], env)
+    _wait_for_commits(repo, 1, first)
+    second = cli("backup", "--repo", repo, str(src))
+    assert second.code == 11, second
+    assert "pid" in second.err and len(second.err.strip().splitlines()) == 1
+    # the same from "another machine": its own local state, so only the store lease stops it
+    other = cli("backup", "--repo", repo, str(src), env={"BLANKET_STATE_DIR": str(tmp_path / "b")})
+    assert other.code == 11, other
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    out = tmp_path / "out"
+    cli("restore", "--repo", repo, "--to", str(out), check=0)
+    assert _files(out) == source

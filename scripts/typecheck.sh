@@ -7,6 +7,7 @@ view=$(mktemp -d)
 trap 'rm -rf "$view"' EXIT
 mkdir "$view/blanket"
 for f in "$here"/blanket/*.py; do ln -s "$f" "$view/blanket/"; done
+ln -s "$here/blanket/commands" "$view/blanket/commands"
 ln -s "$here/backends" "$view/blanket/backends"
 ln -s "$here/restore" "$view/blanket/restore"
 cd "$here"

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field, replace
 from blanket import model, reading, scan
 from blanket.changes import Delete, Emit, Keep, Seen, diff
 from blanket.errors import UsageError
-from blanket.events import FileStored, Listener, PackCommitted, SourceWarning, ignore
+from blanket.events import (
+    FileStored,
+    Listener,
+    PackCommitted,
+    Position,
+    Reading,
+    SourceWarning,
+    ignore,
+)
 from blanket.exclude import Excluder
 from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
@@ -117,6 +125,9 @@ class _Run:
         self.started = time.monotonic()
         self.since_floor = max((h.created for h in repo.headers), default=0)
         self.links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path of group
+        if self.pos.pointer is not None:  # resuming a pass: groups met by earlier runs
+            saved = repo.state.load_links(self.pos.layer)
+            self.links = {k: unescape(v) for k, v in saved.items()}
         self.leaders: dict[bytes, tuple[int, int]] = {}
         self.pack: PackWriter | None = None
         self.pack_started = 0.0
@@ -126,6 +137,7 @@ class _Run:
         self.part_size = max(opts.pack_size, MIN_PART)
         self.pending_parts = self._pending_parts()
         self.stopping = False
+        self.shown_at = 0.0  # when a Position event was last sent
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
         """Parts of a split file committed by a run that stopped inside that file: they
@@ -236,7 +248,9 @@ class _Run:
                 chunks = reading.read_settled(fd, e)
             return chunks if isinstance(chunks, str) else self.writer().add_file(e, iter(chunks))
         torn: list[str] = []
-        stored = self.writer().add_file(e, reading.stream(fd, e, torn))
+        stored = self.writer().add_file(
+            e, self._heartbeat(e.path, e.size, reading.stream(fd, e, torn), 0)
+        )
         if torn:
             self.writer().entries.pop()  # the torn member stays in the tar, unindexed
             return torn[0]
@@ -252,7 +266,8 @@ class _Run:
                 self.seal(complete=False)  # one part per pack, not two that overflow it
             torn: list[str] = []
             part = replace(e, kind=model.PART, offset=offset, length=length, since=since, sha256="")
-            data = _hashing(reading.read_range(fd, offset, length, torn), whole)
+            chunks = reading.read_range(fd, offset, length, torn)
+            data = _hashing(self._heartbeat(e.path, e.size, chunks, offset), whole)
             self.writer().add_part(part, data)
             if torn or not reading.same(os.fstat(fd), e):
                 self.writer().entries.pop()
@@ -268,6 +283,14 @@ class _Run:
         final = replace(e, sha256=whole.hexdigest(), parts=count, since=since)
         self.writer().note(final)
         return final
+
+    def _heartbeat(
+        self, path: bytes, size: int, chunks: Iterator[bytes], done: int
+    ) -> Iterator[bytes]:
+        for chunk in chunks:
+            done += len(chunk)
+            self.listener(Reading(path, done, size))
+            yield chunk
 
     def _resume_parts(self, fd: int, e: Entry) -> tuple[int, int, int, hashlib._Hash]:
         """Parts of ``e`` that an interrupted run committed, checked against the file as
@@ -335,6 +358,8 @@ class _Run:
         self.on_commit()
 
     def save_scan(self, *, done: bool = False) -> None:
+        links = {} if done else {k: escape(v) for k, v in self.links.items()}
+        self.repo.state.save_links(self.pos.layer, links)
         progress = self.repo.state.load()
         progress.scan_layer = self.pos.layer
         progress.scan_pointer = "" if done or self.last_path is None else escape(self.last_path)
@@ -370,6 +395,9 @@ class _Run:
                     self.last_path = change.path
                 if self.due():
                     self.seal(complete=False)
+                if time.monotonic() - self.shown_at >= 0.1 and self.last_path is not None:
+                    self.shown_at = time.monotonic()
+                    self.listener(Position(self.last_path))
                 if self.stopping or self.out_of_budget():
                     self.result.stopped_early = True
                     self.seal(complete=False)

@@ -111,7 +111,7 @@ def render_entry(e: Entry) -> bytes:
         fields += [f"offset={e.offset}", f"length={e.length}"]
     if e.parts:
         fields.append(f"parts={e.parts}")
-    if e.kind in (model.SYMLINK, model.HARDLINK):
+    if e.target or e.kind in (model.SYMLINK, model.HARDLINK):
         fields.append(f"target={escape(e.target)}")
     if e.kind in (model.CHARDEV, model.BLOCKDEV):
         fields.append(f"rdev={e.rdev_major},{e.rdev_minor}")

@@ -27,11 +27,13 @@ from blanket.model import Entry
 
 @dataclass(frozen=True, slots=True)
 class Located:
-    """An entry together with the commit (``seq``) and layer that recorded it."""
+    """An entry together with the commit (``seq``) and layer that recorded it, and
+    (``origin``) which of several repositories, when a restore meshes independent ones."""
 
     entry: Entry
     seq: int
     layer: int
+    origin: int = 0
 
 
 @dataclass(slots=True)
@@ -80,7 +82,7 @@ def replay(streams: Sequence[Iterable[Located]], *, at: int | None = None) -> It
         if not candidates:
             stack.append(_Ancestor(path, cutoff, open=parent.open if parent else True))
             continue
-        chosen = max(candidates, key=lambda g: (g.entry.since, g.seq))
+        chosen = max(candidates, key=lambda g: (g.entry.since, g.seq, g.origin))
         markers = [g.entry.since for g in candidates if g.entry.is_deletion]
         shown = (
             (parent is None or parent.open)

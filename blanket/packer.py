@@ -99,12 +99,13 @@ class PackWriter:
         os.close(fd)
         self._enc = PipeEncryptor(gpg, self.spool_path)
         self._counter = _Counter(self._enc.sink)
-        self._zw = zstandard.ZstdCompressor(level=level).stream_writer(
+        self._zc = zstandard.ZstdCompressor(level=level)
+        self._zw = self._zc.stream_writer(
             cast(BinaryIO, self._counter), closefd=False, write_return_read=True
         )
         self._tar = tarfile.open(  # noqa: SIM115 - closed in seal()
             fileobj=self._zw,
-            mode="w|",
+            mode="w",
             format=tarfile.PAX_FORMAT,
             encoding="utf-8",
             errors="surrogateescape",
@@ -114,8 +115,10 @@ class PackWriter:
 
     @property
     def packed_bytes(self) -> int:
-        """Compressed bytes produced so far (a close estimate of the pack's size)."""
-        return self._counter.count
+        """An estimate of the pack's size so far: the compressed bytes zstd has produced,
+        plus the input it still holds back (up to a block) at face value."""
+        ingested, consumed, _ = self._zc.frame_progression()
+        return int(self._counter.count + ingested - consumed)
 
     def _info(self, e: Entry, name: str) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(name)

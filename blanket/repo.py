@@ -22,6 +22,7 @@ from typing import Any
 
 from blanket import indexfmt
 from blanket.backends.base import Backend
+from blanket.chain import index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
 from blanket.errors import (
     AlreadyExists,
@@ -41,10 +42,6 @@ from blanket.state import LocalState
 
 CONFIG_KEY = "config"
 CONFIG_MAGIC = "blanket-repository 1"
-
-
-def index_key(seq: int) -> str:
-    return f"index/{seq:012d}"
 
 
 def data_key(seq: int, sha256: str) -> str:
@@ -96,11 +93,13 @@ class Repository:
     """An opened repository: verified config, index cache, commits."""
 
     def __init__(self, backend: Backend, gpg: Gpg, config: RepoConfig, state: LocalState) -> None:
-        self.backend = backend
+        self.backends = [backend]
         self.gpg = gpg
         self.config = config
         self.state = state
         self.headers: list[IndexHeader] = []
+        self.by_seq: dict[int, IndexHeader] = {}
+        self.problems: list[tuple[str, str]] = []
 
     @classmethod
     def open(
@@ -140,58 +139,26 @@ class Repository:
 
     # --- the chain -------------------------------------------------------------------
 
-    def refresh(self) -> list[IndexHeader]:
-        """Bring the local index cache up to date with the store and verify the chain."""
-        on_store = [int(k.key.split("/", 1)[1]) for k in self.backend.list("index/")]
-        progress = self.state.load()
-        newest = on_store[-1] if on_store else -1
-        if newest < progress.last_seq:
-            raise IntegrityError(
-                f"the store at {self.backend.describe()} ends at commit {newest} but this "
-                f"machine committed up to {progress.last_seq}: the store has rolled back"
-            )
-        for expected, seq in enumerate(on_store):
-            if seq != expected:
-                raise IntegrityError(f"index {index_key(expected)} is missing from the store")
-        cached = set(self.state.cached_seqs())
-        headers: list[IndexHeader] = []
-        prev_hash = ""
-        for seq in on_store:
-            header = None
-            if seq in cached:
-                plain = self.state.index_path(seq).read_bytes()
-                try:
-                    header = self._check_index(seq, plain, prev_hash)
-                except IntegrityError:
-                    header = None  # a damaged cache file: fetch the store's copy instead
-            if header is None:
-                plain = self.gpg.decrypt_bytes(self.backend.get(index_key(seq)), index_key(seq))
-                header = self._check_index(seq, plain, prev_hash)
-                self.state.store_index(seq, plain)
-            headers.append(header)
-            prev_hash = hashlib.sha256(plain).hexdigest()
-        if progress.last_seq >= 0 and progress.last_seq < len(headers):
-            seen = self.state.index_path(progress.last_seq).read_bytes()
-            if hashlib.sha256(seen).hexdigest() != progress.last_index_sha256:
-                raise IntegrityError(
-                    f"index {index_key(progress.last_seq)} differs from the one this machine "
-                    "committed: the store was altered"
-                )
-        self.headers = headers
-        return headers
+    @property
+    def backend(self) -> Backend:
+        """The store this repository writes to (the first one given)."""
+        return self.backends[0]
 
-    def _check_index(self, seq: int, plain: bytes, prev_hash: str) -> IndexHeader:
-        try:
-            header, _ = indexfmt.split_index(plain)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"index {index_key(seq)} is malformed: {exc}") from exc
-        if header.repository != self.config.id:
-            raise IntegrityError(f"index {index_key(seq)} belongs to another repository")
-        if header.seq != seq:
-            raise IntegrityError(f"index {index_key(seq)} says it is commit {header.seq}")
-        if header.prev_index_sha256 != prev_hash:
-            raise IntegrityError(f"index {index_key(seq)} does not chain to the index before it")
-        return header
+    def add_mirror(self, backend: Backend) -> None:
+        """Another store holding (part of) the same repository, for reading."""
+        self.backends.append(backend)
+
+    def refresh(self, *, strict: bool = True, fresh: bool = False) -> list[IndexHeader]:
+        """Bring the local index cache up to date with the stores and check the chain.
+
+        ``strict`` raises ``IntegrityError`` at the first problem; otherwise problems
+        are kept in ``self.problems`` and every authentic index is used (blanket.chain).
+        """
+        chain = load_chain(self, strict=strict, fresh=fresh)
+        self.headers = chain.headers
+        self.problems = chain.problems
+        self.by_seq = {h.seq: h for h in chain.headers}
+        return self.headers
 
     def clean_leftovers(self) -> int:
         """Delete what crashed runs left (data objects no index names, incomplete
@@ -235,10 +202,13 @@ class Repository:
     def parts_of(self, seq: int, e: Entry) -> list[tuple[int, Entry]]:
         """The parts of split file ``e`` whose entry commit ``seq`` holds: ``(seq, part)``
         in offset order, looked up backwards through the commits of its layer."""
-        layer = self.headers[seq].layer
+        layer = self.by_seq[seq].layer
         found: dict[int, tuple[int, Entry]] = {}
         s = seq
-        while s >= 0 and self.headers[s].layer == layer and len(found) < e.parts:
+        while s >= 0 and len(found) < e.parts:
+            h = self.by_seq.get(s)
+            if h is None or h.layer != layer:
+                break
             for p in self.entries(s):
                 if p.kind == PART and p.path == e.path and p.since == e.since:
                     found.setdefault(p.offset, (s, p))
@@ -275,18 +245,20 @@ class Repository:
         final = _with_data(header, seq, self.last_hash(), dkey, sealed)
         self._store_data(dkey, sealed)
         plain = indexfmt.render_index(final, entries)
+        cipher = self.gpg.encrypt_bytes(plain)
         try:
-            self.backend.put(index_key(seq), self.gpg.encrypt_bytes(plain), if_absent=True)
+            self.backend.put(index_key(seq), cipher, if_absent=True)
         except AlreadyExists:
             raise RepositoryLocked(
                 f"another run committed {index_key(seq)} at the same time; run again later"
             ) from None
-        self.state.store_index(seq, plain)
+        self.state.store_index(seq, plain, hashlib.sha256(cipher).hexdigest())
         progress = self.state.load()
         progress.last_seq = seq
         progress.last_index_sha256 = hashlib.sha256(plain).hexdigest()
         self.state.save(progress)
         self.headers.append(final)
+        self.by_seq[seq] = final
         os.unlink(sealed.path)
         return final
 

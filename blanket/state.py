@@ -84,14 +84,42 @@ class LocalState:
     def save(self, progress: Progress) -> None:
         atomic_write(self.dir / "state.json", json.dumps(asdict(progress)).encode())
 
+    def save_links(self, layer: int, links: dict[tuple[int, int], str]) -> None:
+        """The hard-link groups met so far in this layer's pass ((dev, ino) -> escaped
+        first path), so a run that resumes the pass links later names to them."""
+        rows = [[dev, ino, path] for (dev, ino), path in links.items()]
+        atomic_write(self.dir / "links.json", json.dumps({"layer": layer, "links": rows}).encode())
+
+    def load_links(self, layer: int) -> dict[tuple[int, int], str]:
+        try:
+            raw = json.loads((self.dir / "links.json").read_text())
+            if raw["layer"] != layer:
+                return {}
+            return {(int(d), int(i)): str(p) for d, i, p in raw["links"]}
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return {}
+
     def index_path(self, seq: int) -> Path:
         return self.index_dir / f"{seq:012d}"
 
     def cached_seqs(self) -> list[int]:
         return sorted(int(p.name) for p in self.index_dir.iterdir() if p.name.isdigit())
 
-    def store_index(self, seq: int, plaintext: bytes) -> None:
+    def store_index(self, seq: int, plaintext: bytes, cipher_sha256: str = "") -> None:
+        """Cache a verified index; ``cipher_sha256`` is the hash of the object on the
+        store, so a later check can tell an unchanged object without decrypting it."""
         atomic_write(self.index_path(seq), plaintext)
+        sidecar = self.index_dir / f"{seq:012d}.cipher"
+        if cipher_sha256:
+            atomic_write(sidecar, cipher_sha256.encode())
+        else:
+            sidecar.unlink(missing_ok=True)
+
+    def cipher_sha(self, seq: int) -> str:
+        try:
+            return (self.index_dir / f"{seq:012d}.cipher").read_text().strip()
+        except FileNotFoundError:
+            return ""
 
     def drop_index(self, seq: int) -> None:
         try:

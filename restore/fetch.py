@@ -20,7 +20,7 @@ import zstandard
 
 from blanket.backends.base import Backend, download_to
 from blanket.crypto import Gpg
-from blanket.errors import IntegrityError
+from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
 
 CHUNK = 1 << 20
@@ -56,11 +56,25 @@ class Member:
             yield block
 
 
+def fetch_from_any(backends: list[Backend], gpg: Gpg, header: IndexHeader, workdir: str) -> str:
+    """The pack of ``header`` from the first store whose copy passes every check (a mesh
+    of mirrors); raises ``IntegrityError`` naming each store's trouble if none does."""
+    reasons = []
+    for backend in backends:
+        try:
+            return fetch_plaintext(backend, gpg, header, workdir)
+        except (NotFound, IntegrityError) as exc:
+            reasons.append(f"{backend.describe()}: {exc}")
+        except StoreError as exc:
+            reasons.append(f"{backend.describe()}: {exc}")
+    raise IntegrityError(f"no intact copy of {header.data_key} ({'; '.join(reasons)})")
+
+
 def fetch_plaintext(backend: Backend, gpg: Gpg, header: IndexHeader, workdir: str) -> str:
     """Download and decrypt the pack of ``header``; return the path of its zstd stream.
 
     Raises ``IntegrityError`` naming the object when its size, hash or signature is wrong
-    (the temporary files are removed first).
+    (the temporary files are removed first), ``NotFound`` when it is missing.
     """
     key = header.data_key
     fd, enc_path = tempfile.mkstemp(prefix="enc-", dir=workdir)

@@ -44,8 +44,8 @@ class Plan:
     def __init__(self, workdir: str) -> None:
         self.dir = Path(workdir)
         self._files: dict[str, IO[bytes]] = {}
-        self.packs: dict[int, int] = {}  # seq -> files needed from it
-        self.split: set[int] = set()  # seqs whose index holds a split file's entry
+        self.packs: dict[tuple[int, int], int] = {}  # (origin, seq) -> files needed from it
+        self.split: set[tuple[int, int]] = set()  # (origin, seq) holding split files' entries
         self.found: set[bytes] = set()
         self.entries = 0
         self.bytes = 0
@@ -69,15 +69,25 @@ class Plan:
         if e.kind == model.DIR:
             self._write("dirs", e)
         elif e.kind == model.FILE and e.parts:
-            self._write(f"split-{item.seq:012d}", e)
-            self.split.add(item.seq)
+            self._write(f"split-{item.origin}-{item.seq:012d}", e)
+            self.split.add((item.origin, item.seq))
             self.bytes += e.size
         elif e.kind == model.FILE:
-            self._write(f"pack-{item.seq:012d}", e)
-            self.packs[item.seq] = self.packs.get(item.seq, 0) + 1
+            self._write(f"pack-{item.origin}-{item.seq:012d}", e)
+            where = (item.origin, item.seq)
+            self.packs[where] = self.packs.get(where, 0) + 1
             self.bytes += e.size
         else:
             self._write("links", e)
+
+    def rewrite(self, name: str, entries: list[Entry]) -> None:
+        """Replace one of the plan's files with ``entries``."""
+        f = self._files.pop(name, None)
+        if f is not None:
+            f.close()
+        (self.dir / name).unlink(missing_ok=True)
+        for e in entries:
+            self._write(name, e)
 
     def close(self) -> None:
         for f in self._files.values():
@@ -85,6 +95,8 @@ class Plan:
         self._files.clear()
 
     def read(self, name: str) -> Iterator[Entry]:
+        if name in self._files:
+            self._files[name].flush()
         path = self.dir / name
         if not path.exists():
             return
@@ -92,8 +104,11 @@ class Plan:
             for line in f:
                 yield indexfmt.parse_entry(line)
 
-    def pack_entries(self, seq: int) -> Iterator[Entry]:
-        return self.read(f"pack-{seq:012d}")
+    def pack_entries(self, origin: int, seq: int) -> Iterator[Entry]:
+        return self.read(f"pack-{origin}-{seq:012d}")
+
+    def split_entries(self, origin: int, seq: int) -> Iterator[Entry]:
+        return self.read(f"split-{origin}-{seq:012d}")
 
     def dirs_deepest_first(self) -> list[Entry]:
         """Directory entries in reverse clock order, for applying their metadata last."""

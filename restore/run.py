@@ -1,8 +1,12 @@
 """Restore: replay the layers, plan, fetch the packs that hold what is needed, write safely.
 
 Nothing is written to the target before the plan is made (so a wrong key, an unknown path
-or a bad ``--at`` leaves the target untouched). Per-file trouble is reported and the run
-goes on; trouble with the target itself (no space left) stops it with a clear error.
+or a bad ``--at`` leaves the target untouched). A restore may read several repositories
+(a mesh): mirrors of one repository serve any intact copy of each object; independent
+repositories of the same source are replayed together, the newest version of each path
+winning. Per-file trouble is reported and the run goes on: a file whose pack is damaged
+everywhere falls back to the newest older version that is intact, and says so. Trouble
+with the target itself (no space left) stops the run with a clear error.
 """
 
 from __future__ import annotations
@@ -12,25 +16,27 @@ import itertools
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import zstandard
 
 from blanket import model
 from blanket.errors import BlanketError, IntegrityError, UsageError
-from blanket.events import FileRestored, Listener, RestoreProblem, ignore
-from blanket.indexfmt import IndexHeader
-from blanket.merge import replay
+from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
+from blanket.merge import Located, replay
 from blanket.model import Entry
 from blanket.packer import member_name, part_member_name
 from blanket.repo import Repository
-from blanket.restore.fetch import fetch_plaintext, members
+from blanket.restore.fetch import fetch_from_any, members
 from blanket.restore.plan import Plan, missing_tops, select, show
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
+from blanket.units import show_time
 
 _PER_FILE = (UnsafePath, ContentMismatch, NotPermitted)
+_UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)
+MAX_FALLBACKS = 8
 
 
 @dataclass
@@ -51,66 +57,138 @@ class RestoreResult:
     problems: list[tuple[bytes, str]] = field(default_factory=list)
 
 
-def check_target(repo: Repository, target: str, force: bool) -> None:
+def check_target(repos: list[Repository], target: str, force: bool) -> None:
     """Refuse to restore into, over or around the backed-up source without ``force``."""
-    if force or not repo.headers:
+    if force:
         return
-    source = os.fsdecode(repo.headers[-1].source_path)
     real = os.path.realpath(target)
-    overlap = (
-        real == source
-        or real.startswith(source.rstrip("/") + "/")
-        or source.startswith(real.rstrip("/") + "/")
-    )
-    if overlap:
-        raise UsageError(
-            f"--to {target} overlaps the backed-up source {source}; restore elsewhere "
-            "or pass --force to overwrite it"
+    for repo in repos:
+        if not repo.headers:
+            continue
+        source = os.fsdecode(repo.headers[-1].source_path)
+        overlap = (
+            real == source
+            or real.startswith(source.rstrip("/") + "/")
+            or source.startswith(real.rstrip("/") + "/")
         )
+        if overlap:
+            raise UsageError(
+                f"--to {target} overlaps the backed-up source {source}; restore elsewhere "
+                "or pass --force to overwrite it"
+            )
+
+
+def _streams(
+    repos: list[Repository], at_layer: int | None, skip: set[tuple[int, int, bytes]]
+) -> list[Iterable[Located]]:
+    """Every layer of every repository, tagged with its origin, without the versions in
+    ``skip`` ((origin, seq, path) of content found damaged)."""
+
+    def tagged(origin: int, stream: Iterable[Located]) -> Iterator[Located]:
+        for item in stream:
+            if (origin, item.seq, item.entry.path) not in skip:
+                yield replace(item, origin=origin) if origin else item
+
+    return [
+        tagged(origin, stream)
+        for origin, repo in enumerate(repos)
+        for stream in repo.layer_streams(up_to_layer=at_layer)
+    ]
 
 
 class _Restore:
-    def __init__(self, repo: Repository, opts: RestoreOptions, listener: Listener) -> None:
-        self.repo, self.opts, self.listener = repo, opts, listener
+    def __init__(self, repos: list[Repository], opts: RestoreOptions, listener: Listener) -> None:
+        self.repos, self.opts, self.listener = repos, opts, listener
         self.result = RestoreResult()
-        self.headers = {h.seq: h for h in repo.headers}
+        self.skip: set[tuple[int, int, bytes]] = set()
+        self.failed: dict[bytes, str] = {}  # path -> why its chosen version failed
 
     def problem(self, path: bytes, message: str) -> None:
         self.result.problems.append((path, message))
         self.listener(RestoreProblem(path, message))
 
-    def plan(self, workdir: str) -> Plan:
+    def plan(self, workdir: str, tops: list[bytes], *, exact: bool = False) -> Plan:
         o = self.opts
-        if o.at_layer is not None and not any(h.layer <= o.at_layer for h in self.repo.headers):
-            raise UsageError(
-                f"--at {o.at_layer}: the repository has no layer that old; see 'blanket layers'"
-            )
-        streams = self.repo.layer_streams(up_to_layer=o.at_layer)
+        streams = _streams(self.repos, o.at_layer, self.skip)
         plan = Plan(workdir)
         try:
-            for item in select(replay(streams, at=o.at_time), o.paths):
-                plan.add(item, o.paths)
+            for item in select(replay(streams, at=o.at_time), tops):
+                if not exact or item.entry.path in tops:
+                    plan.add(item, tops)
+            if tops and not exact:
+                self.borrow_link_targets(plan, tops)
         finally:
             plan.close()
-        missing = missing_tops(plan, o.paths)
-        if missing:
-            raise UsageError(
-                f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
-            )
         return plan
+
+    def borrow_link_targets(self, plan: Plan, tops: list[bytes]) -> None:
+        """A hard link inside the restored subtrees whose file lies outside them: the
+        first such link gets the file's content (read from the file's member), the other
+        links of its group link to it."""
+        links = list(plan.read("links"))
+        outside = {
+            e.target
+            for e in links
+            if e.kind == model.HARDLINK and not any(model.is_within(e.target, t) for t in tops)
+        }
+        if not outside:
+            return
+        streams = _streams(self.repos, self.opts.at_layer, self.skip)
+        wanted = sorted(outside, key=model.clock_key)
+        sources = {
+            item.entry.path: item
+            for item in select(replay(streams, at=self.opts.at_time), wanted)
+            if item.entry.path in outside and item.entry.kind == model.FILE
+        }
+        plan.rewrite("links", [])
+        first: dict[bytes, bytes] = {}
+        for e in links:
+            source = sources.get(e.target) if e.kind == model.HARDLINK else None
+            if source is None or e.target in first:
+                linked = replace(e, target=first[e.target]) if source else e
+                plan.add(Located(linked, 0, 0), tops)
+                continue
+            first[e.target] = e.path
+            borrowed = replace(source.entry, path=e.path, target=source.entry.path)
+            plan.add(replace(source, entry=borrowed), tops)
 
     def write(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
         for d in plan.read("dirs"):
             self.guard(d, partial(writer.make_dir, d), writer)
-        for seq in sorted(plan.packs):
-            self.restore_pack(plan, seq, writer, workdir)
-        for seq in sorted(plan.split):
-            for e in plan.read(f"split-{seq:012d}"):
-                self.restore_split(seq, e, writer, workdir)
+        self.write_content(plan, writer, workdir)
+        for attempt in range(MAX_FALLBACKS):
+            if not self.failed:
+                break
+            self.fall_back(writer, workdir, attempt)
+        for path, why in self.failed.items():
+            self.problem(path, f"not restored: {why}; no intact older version either")
         for e in plan.read("links"):
             self.guard(e, partial(self.make_link, writer, e), writer)
         for d in plan.dirs_deepest_first():
             self.guard(d, partial(writer.finish_dir, d), writer)
+
+    def write_content(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
+        for origin, seq in sorted(plan.packs):
+            self.restore_pack(plan, origin, seq, writer, workdir)
+        for origin, seq in sorted(plan.split):
+            for e in plan.split_entries(origin, seq):
+                self.restore_split(origin, seq, e, writer, workdir)
+
+    def fall_back(self, writer: SafeWriter, workdir: str, attempt: int) -> None:
+        """Replan the files whose chosen version could not be had, without those
+        versions: the newest older intact version of each, if any, is restored."""
+        failed, self.failed = self.failed, {}
+        sub = os.path.join(workdir, f"fallback-{attempt}")
+        os.mkdir(sub)
+        plan = self.plan(sub, sorted(failed, key=model.clock_key), exact=True)
+        older = {e.path: e for name in _content_files(plan) for e in plan.read(name)}
+        for path, why in failed.items():
+            e = older.get(path)
+            if e is None:
+                self.problem(path, f"not restored: {why}; no intact older version either")
+            else:
+                self.problem(path, f"restored its older version of {show_time(e.since)}: {why}")
+        self.write_content(plan, writer, workdir)
 
     def guard(self, e: Entry, action: Callable[[], None], writer: SafeWriter) -> bool:
         """Run one write; report per-file trouble and go on; stop on a full disk."""
@@ -140,57 +218,87 @@ class _Restore:
         else:
             writer.make_special(e)
 
-    def restore_split(self, seq: int, e: Entry, writer: SafeWriter, workdir: str) -> None:
+    def content_failed(self, origin: int, seq: int, e: Entry, why: str) -> None:
+        self.skip.add((origin, seq, e.path))
+        self.failed[e.path] = why
+
+    def restored(self, e: Entry) -> None:
+        self.result.files += 1
+        self.result.bytes_written += e.size
+        self.listener(FileRestored(e.path, e.size))
+
+    def restore_pack(
+        self, plan: Plan, origin: int, seq: int, writer: SafeWriter, workdir: str
+    ) -> None:
+        wanted = [e for e in plan.pack_entries(origin, seq) if not writer.existing_matches(e)]
+        self.result.unchanged += plan.packs[(origin, seq)] - len(wanted)
+        if not wanted:
+            return
+        repo = self.repos[origin]
+        header = repo.by_seq[seq]
+        try:
+            zst = fetch_from_any(repo.backends, repo.gpg, header, workdir)
+        except IntegrityError as exc:
+            for e in wanted:
+                self.content_failed(origin, seq, e, str(exc))
+            return
+        self.result.packs_read += 1
+        # matched by member name: a pack's members need not be in clock order (parts);
+        # a file whose entry names another ``target`` borrows that member's content
+        pending: dict[bytes, list[Entry]] = {}
+        for e in wanted:
+            pending.setdefault(os.fsencode(member_name(e.target or e.path)), []).append(e)
+        try:
+            for m in members(zst):
+                for e in pending.pop(m.name, []):
+                    self.put_file(origin, seq, e, m.chunks(), writer)
+        except _UNREADABLE as exc:
+            for e in itertools.chain(*pending.values()):
+                self.content_failed(origin, seq, e, f"{header.data_key} is unreadable: {exc}")
+            pending.clear()
+        finally:
+            os.unlink(zst)
+        for e in itertools.chain(*pending.values()):
+            self.content_failed(origin, seq, e, f"missing from {header.data_key}")
+
+    def restore_split(
+        self, origin: int, seq: int, e: Entry, writer: SafeWriter, workdir: str
+    ) -> None:
         if writer.existing_matches(e):
             self.result.unchanged += 1
             return
-        parts = self.repo.parts_of(seq, e)
+        repo = self.repos[origin]
+        parts = repo.parts_of(seq, e)
         covered = sum(p.length for _, p in parts)
         if len(parts) != e.parts or covered != e.size:
-            self.problem(e.path, f"only {len(parts)} of its {e.parts} parts are in the repository")
+            why = f"only {len(parts)} of its {e.parts} parts are in the repository"
+            self.content_failed(origin, seq, e, why)
             return
-        job = _SplitRestore(self.repo, parts, workdir)
-        try:
-            ok = self.guard(e, partial(writer.write_file, e, job.chunks()), writer)
-        except (IntegrityError, tarfile.TarError, zstandard.ZstdError) as exc:
-            self.problem(e.path, f"not restored: {exc}")
-            ok = False
+        job = _SplitRestore(repo, parts, workdir)
+        self.put_file(origin, seq, e, job.chunks(), writer)
         self.result.packs_read += job.packs_read
-        if ok:
-            self.result.files += 1
-            self.result.bytes_written += e.size
-            self.listener(FileRestored(e.path, e.size))
 
-    def restore_pack(self, plan: Plan, seq: int, writer: SafeWriter, workdir: str) -> None:
-        wanted = [e for e in plan.pack_entries(seq) if not writer.existing_matches(e)]
-        self.result.unchanged += plan.packs[seq] - len(wanted)
-        if not wanted:
-            return
-        header: IndexHeader = self.headers[seq]
-        try:
-            zst = fetch_plaintext(self.repo.backend, self.repo.gpg, header, workdir)
-        except (IntegrityError, BlanketError) as exc:
-            for e in wanted:
-                self.problem(e.path, f"not restored: {exc}")
-            return
-        self.result.packs_read += 1
-        # matched by member name: a pack's members need not be in clock order (parts)
-        pending = {os.fsencode(member_name(e.path)): e for e in wanted}
-        try:
-            for m in members(zst):
-                if m.name not in pending:
-                    continue
-                e = pending.pop(m.name)
-                if self.guard(e, partial(writer.write_file, e, m.chunks()), writer):
-                    self.result.files += 1
-                    self.result.bytes_written += e.size
-                    self.listener(FileRestored(e.path, e.size))
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            self.problem(header.data_key.encode(), f"unreadable after its checks passed: {exc}")
-        finally:
-            os.unlink(zst)
-        for e in pending.values():
-            self.problem(e.path, f"missing from {header.data_key}")
+    def put_file(
+        self, origin: int, seq: int, e: Entry, chunks: Iterator[bytes], writer: SafeWriter
+    ) -> None:
+        """Write one file; content that fails its checks sends the path to fall back."""
+        written = False
+
+        def write() -> None:
+            nonlocal written
+            try:
+                writer.write_file(e, chunks)
+                written = True
+            except (*_UNREADABLE, ContentMismatch) as exc:
+                self.content_failed(origin, seq, e, str(exc))
+
+        if self.guard(e, write, writer) and written:
+            self.restored(e)
+
+
+def _content_files(plan: Plan) -> list[str]:
+    names = [f"pack-{o}-{s:012d}" for o, s in plan.packs]
+    return names + [f"split-{o}-{s:012d}" for o, s in plan.split]
 
 
 def _part_name(p: Entry) -> bytes:
@@ -207,9 +315,8 @@ class _SplitRestore:
     def chunks(self) -> Iterator[bytes]:
         for seq, group in itertools.groupby(self.parts, key=lambda sp: sp[0]):
             wanted = {_part_name(p): p for _, p in group}
-            zst = fetch_plaintext(
-                self.repo.backend, self.repo.gpg, self.repo.headers[seq], self.workdir
-            )
+            header = self.repo.by_seq[seq]
+            zst = fetch_from_any(self.repo.backends, self.repo.gpg, header, self.workdir)
             self.packs_read += 1
             try:
                 for m in members(zst):
@@ -218,18 +325,49 @@ class _SplitRestore:
             finally:
                 os.unlink(zst)
             if wanted:
-                raise IntegrityError(f"{self.repo.headers[seq].data_key} lacks a part it lists")
+                raise IntegrityError(f"{header.data_key} lacks a part it lists")
+
+
+def group_mirrors(repos: list[Repository]) -> list[Repository]:
+    """Stores holding the same repository (same id) become one repository with mirrors."""
+    by_id: dict[str, Repository] = {}
+    for repo in repos:
+        first = by_id.setdefault(repo.config.id, repo)
+        if first is not repo:
+            first.add_mirror(repo.backend)
+    return list(by_id.values())
 
 
 def run_restore(
-    repo: Repository, opts: RestoreOptions, *, listener: Listener = ignore
+    repo: Repository | list[Repository],
+    opts: RestoreOptions,
+    *,
+    listener: Listener = ignore,
 ) -> RestoreResult:
-    """Restore the repository's tree (or subtrees) as of a layer or time into a folder."""
-    repo.refresh()
-    check_target(repo, opts.target, opts.force)
-    job = _Restore(repo, opts, listener)
-    with tempfile.TemporaryDirectory(prefix="restore-", dir=repo.state.dir) as workdir:
-        plan = job.plan(workdir)
+    """Restore the tree (or subtrees) as of a layer or time into a folder, from one
+    repository or a mesh of several."""
+    repos = group_mirrors(repo if isinstance(repo, list) else [repo])
+    for r in repos:
+        r.refresh(strict=False)
+    check_target(repos, opts.target, opts.force)
+    o = opts
+    if o.at_layer is not None and not any(h.layer <= o.at_layer for r in repos for h in r.headers):
+        raise UsageError(
+            f"--at {o.at_layer}: the repository has no layer that old; see 'blanket layers'"
+        )
+    job = _Restore(repos, opts, listener)
+    for r in repos:
+        for key, message in r.problems:
+            job.problem(key.encode(), message)
+    state_dir = repos[0].state.dir
+    with tempfile.TemporaryDirectory(prefix="restore-", dir=state_dir) as workdir:
+        plan = job.plan(workdir, opts.paths)
+        listener(Planned("restore", plan.entries, plan.bytes))
+        missing = missing_tops(plan, opts.paths)
+        if missing:
+            raise UsageError(
+                f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
+            )
         with SafeWriter(opts.target) as writer:
             job.write(plan, writer, workdir)
     return job.result

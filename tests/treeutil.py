@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,9 +71,9 @@ _KIND = {
 }
 
 
-def _sha256_of(path: bytes) -> str:
+def _sha256_of(dir_fd: int, name: bytes) -> str:
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         while block := os.read(fd, 1 << 20):
             digest.update(block)
@@ -81,27 +82,29 @@ def _sha256_of(path: bytes) -> str:
     return digest.hexdigest()
 
 
-def _xattrs(path: bytes, kind: str) -> tuple[tuple[str, bytes], ...]:
+def _xattrs(where: str, kind: str) -> tuple[tuple[str, bytes], ...]:
     if kind == "symlink":
         return ()
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(where, follow_symlinks=False)
     except OSError:
         return ()
-    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
+    return tuple(sorted((n, os.getxattr(where, n, follow_symlinks=False)) for n in names))
 
 
-def node_of(path: bytes, st: os.stat_result | None = None) -> Node:
-    """The :class:`Node` for one path (never following a symlink)."""
-    st = os.lstat(path) if st is None else st
+def _node(dir_fd: int, name: bytes, st: os.stat_result) -> Node:
+    """The :class:`Node` for ``name`` in directory ``dir_fd`` (never following it)."""
     kind = _KIND[stat.S_IFMT(st.st_mode)]
     data: object = None
     if kind == "file":
-        data = (_sha256_of(path), st.st_size)
+        data = (_sha256_of(dir_fd, name), st.st_size)
     elif kind == "symlink":
-        data = os.readlink(path)
+        data = os.readlink(name, dir_fd=dir_fd)
     elif kind in ("chardev", "blockdev"):
         data = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    where = (
+        f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}" if name != b"." else f"/proc/self/fd/{dir_fd}"
+    )
     return Node(
         kind,
         stat.S_IMODE(st.st_mode),
@@ -109,30 +112,48 @@ def node_of(path: bytes, st: os.stat_result | None = None) -> Node:
         st.st_uid,
         st.st_gid,
         data,
-        _xattrs(path, kind),
+        _xattrs(where, kind),
     )
 
 
-def _walk(root: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
-    """(relative path, absolute path, lstat) of the root and everything below it."""
-    out = [(ROOT, root, os.lstat(root))]
-    stack = [(b"", root)]
-    while stack:
-        rel_dir, abs_dir = stack.pop()
-        for name in sorted(os.listdir(abs_dir)):
-            rel = rel_dir + name
-            full = abs_dir + b"/" + name
-            st = os.lstat(full)
-            out.append((rel, full, st))
+def node_of(path: str | os.PathLike[str] | bytes) -> Node:
+    """The :class:`Node` for one path (never following a symlink)."""
+    parent, name = os.path.split(os.path.abspath(os.fsencode(path)))
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _node(fd, name, os.lstat(name, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result, Node | None]]:
+    """(relative path, lstat, Node or None) of the root and everything below it, walked
+    through directory descriptors so that paths longer than PATH_MAX work too."""
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    yield from _walk_fd(top, b"", want_nodes=True)
+
+
+def _walk_fd(
+    fd: int, prefix: bytes, *, want_nodes: bool
+) -> Iterator[tuple[bytes, os.stat_result, Node | None]]:
+    try:
+        if not prefix:
+            st = os.fstat(fd)
+            yield ROOT, st, _node(fd, b".", st) if want_nodes else None
+        for name in sorted(os.fsencode(n) for n in os.listdir(fd)):
+            st = os.lstat(name, dir_fd=fd)
+            rel = prefix + name
+            yield rel, st, _node(fd, name, st) if want_nodes else None
             if stat.S_ISDIR(st.st_mode):
-                stack.append((rel + b"/", full))
-    return out
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                yield from _walk_fd(child, rel + b"/", want_nodes=want_nodes)
+    finally:
+        os.close(fd)
 
 
 def snapshot(root: str | os.PathLike[str] | bytes, *, with_root: bool = True) -> dict[bytes, Node]:
     """Every path below ``root`` (and ``b"."`` for the root itself) mapped to its Node."""
-    top = os.fsencode(root)
-    snap = {rel: node_of(full, st) for rel, full, st in _walk(top)}
+    snap = {rel: node for rel, _st, node in _walk(os.fsencode(root)) if node is not None}
     if not with_root:
         del snap[ROOT]
     return snap
@@ -142,7 +163,8 @@ def link_groups(root: str | os.PathLike[str] | bytes) -> set[frozenset[bytes]]:
     """The sets of paths below ``root`` that are hard links of one regular file (2+ paths
     inside the tree)."""
     by_inode: dict[tuple[int, int], set[bytes]] = {}
-    for rel, _full, st in _walk(os.fsencode(root)):
+    top = os.open(os.fsencode(root), os.O_RDONLY | os.O_DIRECTORY)
+    for rel, st, _ in _walk_fd(top, b"", want_nodes=False):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             by_inode.setdefault((st.st_dev, st.st_ino), set()).add(rel)
     return {frozenset(paths) for paths in by_inode.values() if len(paths) > 1}
@@ -291,6 +313,11 @@ def make_awkward_tree(root: str | os.PathLike[str], *, seed: int = 1) -> dict[st
     write(b"a/b/triple-1", b"triple content\n" * 10)
     os.link(p(b"a/b/triple-1"), p(b"d/e/triple-2"))
     os.link(p(b"a/b/triple-1"), p(b"hard/triple-3"))
+    # a pair whose first member lives in a directory that tests rename (b-dir -> c-dir,
+    # still before "hard" in the clock: only the link's target changes, no inode does)
+    mkdir(b"b-dir")
+    write(b"b-dir/linked", b"linked from hard/\n")
+    os.link(p(b"b-dir/linked"), p(b"hard/second-of-b"))
 
     # special files
     os.mkfifo(p(b"mongoose.fifo"), 0o640)
@@ -369,3 +396,72 @@ def set_odd_times(root: str | os.PathLike[str], *, base: int = 1_600_000_000_123
 def blocks_used(path: str | os.PathLike[str]) -> int:
     """Bytes of disk a file occupies."""
     return os.lstat(path).st_blocks * 512
+
+
+def make_deep_tree(root: str | os.PathLike[str], *, levels: int = 24) -> bytes:
+    """A chain of directories with 200-byte names, deeper than PATH_MAX (4096) in total,
+    holding a file, a symlink and a FIFO at the bottom; plus 255-byte names (NAME_MAX) at
+    the top. Everything is made through directory descriptors. Returns the bottom
+    directory's relative path."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    top = os.fsencode(root)
+    long_name = b"L" * 255
+    with open(top + b"/" + long_name, "wb") as f:
+        f.write(b"255-byte name\n")
+    with open(top + b"/" + b"\xe9" * 255, "wb") as f:
+        f.write(b"255-byte non-UTF-8 name\n")
+    rel = b""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(levels):
+            name = b"%03d-" % level + b"d" * 196
+            os.mkdir(name, 0o755, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+            rel = name if not rel else rel + b"/" + name
+        wfd = os.open(b"bottom-file", os.O_WRONLY | os.O_CREAT, 0o640, dir_fd=fd)
+        os.write(wfd, b"at the bottom of a very deep tree\n" * 100)
+        os.close(wfd)
+        os.symlink(b"bottom-file", b"bottom-link", dir_fd=fd)
+        os.mkfifo(b"bottom-fifo", 0o600, dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert len(top) + len(rel) > 4096
+    set_times_fd(top)
+    return rel
+
+
+def set_times_fd(root: bytes, *, base: int = 1_610_000_000_000_000_001) -> None:
+    """Like :func:`set_odd_times`, through directory descriptors (any depth)."""
+    counter = [0]
+
+    def visit(fd: int) -> None:
+        for name in sorted(os.fsencode(n) for n in os.listdir(fd)):
+            st = os.lstat(name, dir_fd=fd)
+            if stat.S_ISDIR(st.st_mode):
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    visit(child)
+                finally:
+                    os.close(child)
+            counter[0] += 1
+            t = base + counter[0] * 1_000_000_007
+            os.utime(name, ns=(t, t), dir_fd=fd, follow_symlinks=False)
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        visit(fd)
+        os.utime(fd, ns=(base, base))
+    finally:
+        os.close(fd)
+
+
+def open_deep(root: str | os.PathLike[str], rel: bytes) -> int:
+    """A descriptor for directory ``root/rel`` however long the path (caller closes)."""
+    fd = os.open(os.fsencode(root), os.O_RDONLY | os.O_DIRECTORY)
+    for name in rel.split(b"/") if rel else []:
+        nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    return fd

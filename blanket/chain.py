@@ -1,0 +1,134 @@
+"""Load and check the signed chain of indexes, from the local cache and the stores.
+
+An index counts when gpg verifies it (signed by the repository key, or, with a
+passphrase, intact), it names this repository and the commit number its object name
+says, and its ``prev-index-sha256`` is the SHA-256 of the previous index's plaintext.
+Each also has to be where it belongs: a gap, a chain break, or a store whose last commit
+is older than the newest commit this machine made (a rollback) is a problem.
+
+``strict`` (backups) raises at the first problem. Otherwise (restore, verify) every
+problem is collected with the object it concerns and every authentic index is kept, so
+a restore can still use what is good. With ``fresh`` the store's copies are checked even
+where the cache has one (verify): an object that no longer is the ciphertext this machine
+verified before is decrypted and checked again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from blanket import indexfmt
+from blanket.errors import BlanketError, IntegrityError, NotFound, WrongKey
+from blanket.indexfmt import IndexHeader
+
+if TYPE_CHECKING:
+    from blanket.repo import Repository
+
+
+def index_key(seq: int) -> str:
+    return f"index/{seq:012d}"
+
+
+@dataclass
+class Chain:
+    headers: list[IndexHeader] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_checked(repo: Repository, seq: int, plain: bytes) -> IndexHeader:
+    """The header of an index plaintext, if it is this repository's commit ``seq``."""
+    try:
+        header, _ = indexfmt.split_index(plain)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"malformed ({exc})") from exc
+    if header.repository != repo.config.id:
+        raise IntegrityError("belongs to another repository")
+    if header.seq != seq:
+        raise IntegrityError(f"is commit {header.seq} put in the place of commit {seq}")
+    return header
+
+
+def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeader, bytes]:
+    """An authentic copy of index ``seq`` from the first store that has one."""
+    key = index_key(seq)
+    reasons = []
+    cached_cipher = repo.state.cipher_sha(seq)
+    for backend in repo.backends:
+        try:
+            cipher = backend.get(key)
+        except NotFound:
+            reasons.append(f"missing from {backend.describe()}")
+            continue
+        if fresh and cached_cipher and _sha(cipher) == cached_cipher:
+            plain = repo.state.index_path(seq).read_bytes()
+            return parse_checked(repo, seq, plain), plain
+        try:
+            plain = repo.gpg.decrypt_bytes(cipher, key)
+            header = parse_checked(repo, seq, plain)
+        except WrongKey:
+            raise
+        except BlanketError as exc:
+            reasons.append(f"{exc} on {backend.describe()}")
+            continue
+        repo.state.store_index(seq, plain, _sha(cipher))
+        return header, plain
+    raise IntegrityError("; ".join(reasons) or "not on any store")
+
+
+def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
+    chain = Chain()
+
+    def problem(key: str, message: str) -> None:
+        if strict:
+            raise IntegrityError(f"{key} {message}")
+        chain.problems.append((key, message))
+
+    on_store: set[int] = set()
+    for backend in repo.backends:
+        on_store.update(int(o.key.split("/", 1)[1]) for o in backend.list("index/"))
+    newest = max(on_store, default=-1)
+    progress = repo.state.load()
+    if newest < progress.last_seq:
+        problem(
+            index_key(progress.last_seq),
+            f"is gone: the store ends at commit {newest} but this machine committed up to "
+            f"{progress.last_seq} (the store has rolled back)",
+        )
+    cached = set(repo.state.cached_seqs())
+    prev: tuple[int, str] | None = None
+    for seq in range(newest + 1):
+        key = index_key(seq)
+        if seq not in on_store:
+            problem(key, "is missing from the store")
+            continue
+        header = None
+        plain = b""
+        if seq in cached and not fresh:
+            plain = repo.state.index_path(seq).read_bytes()
+            try:
+                header = parse_checked(repo, seq, plain)
+            except IntegrityError:
+                header = None  # a damaged cache file: fetch the store's copy
+        if header is None:
+            try:
+                header, plain = _from_stores(repo, seq, fresh=fresh)
+            except IntegrityError as exc:
+                problem(key, str(exc))
+                continue
+        if prev is not None and prev[0] == seq - 1 and header.prev_index_sha256 != prev[1]:
+            problem(key, f"does not chain to {index_key(seq - 1)} (replaced or forked)")
+        if seq == 0 and header.prev_index_sha256:
+            problem(key, "claims a predecessor but is the first commit")
+        chain.headers.append(header)
+        prev = (seq, _sha(plain))
+    last = progress.last_seq
+    known = last in {h.seq for h in chain.headers}
+    if known and _sha(repo.state.index_path(last).read_bytes()) != progress.last_index_sha256:
+        problem(index_key(last), "differs from the one this machine committed")
+    return chain

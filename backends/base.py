@@ -109,6 +109,10 @@ class Backend(ABC):
     Every method that takes a key checks it with :func:`check_key` first.
     """
 
+    #: True where reading an object costs no more than hashing it (a local disk): verify
+    #: then hashes objects whose store keeps no checksum of its own.
+    cheap_reads = False
+
     @abstractmethod
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
         """Store ``data`` (bytes, or a binary file object read to its end in chunks) under

@@ -62,6 +62,7 @@ class Progress:
     last_index_sha256: str = ""
     scan_layer: int = -1  # the layer whose pass ``scan_pointer`` belongs to
     scan_pointer: str = ""  # escaped path the pass has scanned up to ("" = none)
+    verify_cursor: int = 0  # where the next sampled deep verify starts (commit number)
 
 
 class LocalState:

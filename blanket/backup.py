@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from blanket import model, reading, scan
 from blanket.changes import Delete, Emit, Keep, Seen, diff
-from blanket.errors import UsageError
+from blanket.errors import BlanketError, UsageError
 from blanket.events import (
     FileStored,
     Listener,
@@ -30,9 +30,11 @@ from blanket.events import (
     ignore,
 )
 from blanket.exclude import Excluder
+from blanket.expiry import current_expire_below
+from blanket.gc import GcResult, collect
 from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
-from blanket.merge import replay
+from blanket.merge import Located, replay
 from blanket.model import Entry
 from blanket.packer import PackWriter
 from blanket.repo import Repository
@@ -52,6 +54,7 @@ class BackupOptions:
     max_seconds: float | None = None
     max_bytes: int | None = None
     level: int = 3
+    cap: int | None = None  # keep the repository under this many bytes (expiry + gc)
 
 
 @dataclass
@@ -66,6 +69,8 @@ class BackupResult:
     pointer: bytes | None = None
     coverage: float | None = None  # share of the tree the pass has covered (estimate)
     warnings: list[tuple[bytes, str]] = field(default_factory=list)
+    expire_below: int = 0
+    gc: GcResult | None = None
 
 
 @dataclass
@@ -78,10 +83,10 @@ class _Position:
 def _position(repo: Repository) -> _Position:
     """Where the clock stands: the store's last commit, or the local scan pointer if the
     pass got further without anything to commit."""
-    if not repo.headers:
+    if not repo.packs:
         pos = _Position(0, 0, None)
     else:
-        last = repo.headers[-1]
+        last = repo.packs[-1]
         if last.complete:
             pos = _Position(last.layer + 1, 0, None)
         else:
@@ -137,6 +142,7 @@ class _Run:
         self.part_size = max(opts.pack_size, MIN_PART)
         self.pending_parts = self._pending_parts()
         self.stopping = False
+        self.expire_below = current_expire_below(repo.headers)
         self.shown_at = 0.0  # when a Position event was last sent
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
@@ -145,7 +151,7 @@ class _Run:
         found: dict[bytes, list[Entry]] = {}
         if self.pos.pointer is None:
             return found
-        for h in reversed(self.repo.headers):
+        for h in reversed(self.repo.packs):
             if h.layer != self.pos.layer or h.clock_to != self.pos.pointer:
                 break
             for e in self.repo.entries(h.seq):
@@ -198,11 +204,11 @@ class _Run:
             return entry
         return replace(entry, kind=model.HARDLINK, target=first, sparse=())
 
-    def prior(self) -> Iterator[Entry]:
+    def prior(self) -> Iterator[Located]:
         after = b"" if self.pos.pointer is None else model.clock_key(self.pos.pointer)
         for located in replay(self.repo.layer_streams()):
             if self.pos.pointer is None or located.entry.key > after:
-                yield located.entry
+                yield located
 
     # --- the pack side ---------------------------------------------------------------
 
@@ -332,7 +338,7 @@ class _Run:
             return
         header = IndexHeader(
             repository=self.repo.config.id,
-            seq=len(self.repo.headers),
+            seq=self.repo.next_seq(),
             layer=self.pos.layer,
             layer_pack=self.pos.layer_pack,
             full=self.pos.layer == 0,
@@ -344,6 +350,7 @@ class _Run:
             source_path=self.source,
             entries=len(pack.entries),
             prev_index_sha256=self.repo.last_hash(),
+            expire_below=self.expire_below,
         )
         sealed = pack.seal(render_index(header, pack.entries, with_data=False))
         self.pack = None
@@ -378,7 +385,13 @@ class _Run:
     def go(self) -> BackupResult:
         excluder = Excluder(self.opts.excludes)
         try:
-            for change in diff(self.seen(excluder), self.prior(), full=self.pos.layer == 0):
+            changes = diff(
+                self.seen(excluder),
+                self.prior(),
+                full=self.pos.layer == 0,
+                expire_below=self.expire_below,
+            )
+            for change in changes:
                 if isinstance(change, Emit):
                     e = change.entry
                     if e.kind == model.FILE:
@@ -450,7 +463,22 @@ def run_backup(
         repo.clean_leftovers()
         run = _Run(repo, src, opts, listener, stop or threading.Event(), clock)
         run.on_commit = lock.renew
-        return run.go()
+        if opts.cap is not None:
+            plan = collect(repo, cap=opts.cap, dry_run=True).plan
+            if not plan.fits:
+                raise BlanketError(plan.message)
+            run.expire_below = max(run.expire_below, plan.expire_below)
+        result = run.go()
+        result.expire_below = run.expire_below
+        if opts.cap is not None and result.complete:
+            result.gc = collect(repo, cap=opts.cap)
+            if result.gc.total_after > opts.cap:
+                raise BlanketError(
+                    f"the repository takes {result.gc.total_after} bytes, over the cap of "
+                    f"{opts.cap}, after this pass (everything was committed); "
+                    + ("; ".join(result.gc.warnings) or "raise --cap")
+                )
+        return result
 
 
 def _hashing(chunks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:

@@ -4,7 +4,9 @@ An index counts when gpg verifies it (signed by the repository key, or, with a
 passphrase, intact), it names this repository and the commit number its object name
 says, and its ``prev-index-sha256`` is the SHA-256 of the previous index's plaintext.
 Each also has to be where it belongs: a gap, a chain break, or a store whose last commit
-is older than the newest commit this machine made (a rollback) is a problem.
+is older than the newest commit this machine made (a rollback) is a problem. Commits that
+an authentic gc record lists as removed are no gap: their objects were deleted on purpose
+(and whatever of them is left is ignored).
 
 ``strict`` (backups) raises at the first problem. Otherwise (restore, verify) every
 problem is collected with the object it concerns and every authentic index is kept, so
@@ -16,6 +18,7 @@ verified before is decrypted and checked again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -81,6 +84,15 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
     raise IntegrityError("; ".join(reasons) or "not on any store")
 
 
+def removed_by_gc(headers: Iterable[IndexHeader]) -> set[int]:
+    """Commits whose objects authentic gc records say were deleted."""
+    removed: set[int] = set()
+    for h in headers:
+        for first, last in h.removed:
+            removed.update(range(first, last + 1))
+    return removed
+
+
 def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
     chain = Chain()
 
@@ -101,12 +113,8 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
             f"{progress.last_seq} (the store has rolled back)",
         )
     cached = set(repo.state.cached_seqs())
-    prev: tuple[int, str] | None = None
-    for seq in range(newest + 1):
-        key = index_key(seq)
-        if seq not in on_store:
-            problem(key, "is missing from the store")
-            continue
+    found: dict[int, tuple[IndexHeader, bytes]] = {}
+    for seq in sorted(on_store):
         header = None
         plain = b""
         if seq in cached and not fresh:
@@ -119,12 +127,25 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
             try:
                 header, plain = _from_stores(repo, seq, fresh=fresh)
             except IntegrityError as exc:
-                problem(key, str(exc))
+                problem(index_key(seq), str(exc))
                 continue
+        found[seq] = (header, plain)
+    removed = removed_by_gc(h for h, _ in found.values())
+    for seq in removed & cached:
+        repo.state.drop_index(seq)
+    prev: tuple[int, str] | None = None
+    for seq in range(newest + 1):
+        if seq in removed:
+            continue
+        if seq not in found:
+            if seq not in on_store:
+                problem(index_key(seq), "is missing from the store")
+            continue
+        header, plain = found[seq]
         if prev is not None and prev[0] == seq - 1 and header.prev_index_sha256 != prev[1]:
-            problem(key, f"does not chain to {index_key(seq - 1)} (replaced or forked)")
+            problem(index_key(seq), f"does not chain to {index_key(seq - 1)} (replaced or forked)")
         if seq == 0 and header.prev_index_sha256:
-            problem(key, "claims a predecessor but is the first commit")
+            problem(index_key(seq), "claims a predecessor but is the first commit")
         chain.headers.append(header)
         prev = (seq, _sha(plain))
     last = progress.last_seq

@@ -11,9 +11,10 @@ directory the walk could not list (``opaque``), the prior state is kept as it is
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from blanket import model
+from blanket.merge import Located
 from blanket.model import Entry
 
 
@@ -60,10 +61,19 @@ def unchanged(prior: Entry, now: Entry) -> bool:
     return (prior.rdev_major, prior.rdev_minor) == (now.rdev_major, now.rdev_minor)
 
 
-def diff(current: Iterable[Seen], prior: Iterable[Entry], *, full: bool) -> Iterator[Change]:
+def diff(
+    current: Iterable[Seen],
+    prior: Iterable[Located],
+    *,
+    full: bool,
+    expire_below: int = 0,
+) -> Iterator[Change]:
     """The changes that turn ``prior`` into ``current``, in clock order.
 
-    With ``full`` every walked entry is emitted (layer 0 records everything).
+    With ``full`` every walked entry is emitted (layer 0 records everything). An
+    unchanged path whose current version lives in a layer below ``expire_below`` (an
+    expiring layer) is emitted again with its original ``since``: the refresh that lets
+    gc delete that layer without losing the latest state.
     """
     prior_it = iter(prior)
     nxt = next(prior_it, None)
@@ -81,18 +91,22 @@ def diff(current: Iterable[Seen], prior: Iterable[Entry], *, full: bool) -> Iter
 
     for seen in current:
         key = model.clock_key(seen.path)
-        while nxt is not None and nxt.key < key:
-            yield from vanished(nxt)
+        while nxt is not None and nxt.entry.key < key:
+            yield from vanished(nxt.entry)
             nxt = next(prior_it, None)
         before = None
-        if nxt is not None and nxt.key == key:
+        if nxt is not None and nxt.entry.key == key:
             before, nxt = nxt, next(prior_it, None)
-        if seen.entry is None or before is not None and not full and unchanged(before, seen.entry):
+        if seen.entry is None:
             yield Keep(seen.path)
-        else:
+        elif before is None or full or not unchanged(before.entry, seen.entry):
             yield Emit(seen.entry)
+        elif before.layer < expire_below:  # refresh: same version, same since, new layer
+            yield Emit(replace(seen.entry, since=before.entry.since))
+        else:
+            yield Keep(seen.path)
         if seen.opaque:
             opaque_top = seen.path
     while nxt is not None:
-        yield from vanished(nxt)
+        yield from vanished(nxt.entry)
         nxt = next(prior_it, None)

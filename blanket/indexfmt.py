@@ -68,6 +68,9 @@ class IndexHeader:
     data_key: str = ""
     data_size: int = 0
     data_sha256: str = ""
+    expire_below: int = 0
+    gc_record: bool = False
+    removed: tuple[tuple[int, int], ...] = ()
 
 
 def render_header(h: IndexHeader, *, with_data: bool = True) -> bytes:
@@ -86,7 +89,11 @@ def render_header(h: IndexHeader, *, with_data: bool = True) -> bytes:
         f"source-path: {escape(h.source_path)}",
         f"entries: {h.entries}",
         f"prev-index-sha256: {h.prev_index_sha256 or 'none'}",
+        f"expire-below: {h.expire_below}",
     ]
+    if h.gc_record:
+        lines.append("gc-record: yes")
+        lines.append("removed: " + (",".join(f"{a}-{b}" for a, b in h.removed) or "-"))
     if with_data:
         lines += [
             f"data-key: {h.data_key}",
@@ -98,7 +105,7 @@ def render_header(h: IndexHeader, *, with_data: bool = True) -> bytes:
 
 def render_entry(e: Entry) -> bytes:
     fields = [e.kind, escape(e.path)]
-    if e.kind != model.DELETED:
+    if e.kind not in (model.DELETED, model.LOST):
         fields += [f"mode={e.mode:04o}", f"uid={e.uid}", f"gid={e.gid}"]
         if e.user:
             fields.append(f"user={escape(e.user)}")
@@ -111,6 +118,8 @@ def render_entry(e: Entry) -> bytes:
         fields += [f"offset={e.offset}", f"length={e.length}"]
     if e.parts:
         fields.append(f"parts={e.parts}")
+    if e.until:
+        fields.append(f"until={e.until}")
     if e.target or e.kind in (model.SYMLINK, model.HARDLINK):
         fields.append(f"target={escape(e.target)}")
     if e.kind in (model.CHARDEV, model.BLOCKDEV):
@@ -169,6 +178,9 @@ def parse_header(lines: Iterable[bytes]) -> IndexHeader:
         source_path=unescape(get("source-path")),
         entries=int(get("entries")),
         prev_index_sha256="" if prev == "none" else prev,
+        expire_below=int(fields.get("expire-below", "0")),
+        gc_record=fields.get("gc-record") == "yes",
+        removed=_parse_ranges(fields.get("removed", "-")),
         data_key=fields.get("data-key", ""),
         data_size=int(fields.get("data-size", "0")),
         data_sha256=fields.get("data-sha256", ""),
@@ -211,7 +223,18 @@ def parse_entry(line: bytes) -> Entry:
         offset=int(f.get("offset", "0")),
         length=int(f.get("length", "0")),
         parts=int(f.get("parts", "0")),
+        until=int(f.get("until", "0")),
     )
+
+
+def _parse_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    if text in ("", "-"):
+        return ()
+    out = []
+    for item in text.split(","):
+        a, _, b = item.partition("-")
+        out.append((int(a), int(b)))
+    return tuple(out)
 
 
 def _parse_xattrs(text: str) -> tuple[tuple[bytes, bytes], ...]:

@@ -23,6 +23,8 @@ def summarize(headers: list[IndexHeader]) -> list[LayerSummary]:
     """One summary per layer, oldest first."""
     out: dict[int, LayerSummary] = {}
     for h in headers:
+        if h.gc_record:
+            continue
         s = out.get(h.layer)
         if s is None:
             s = out[h.layer] = LayerSummary(h.layer, h.full, False, h.created, h.created, 0, 0, b"")

@@ -57,7 +57,8 @@ def _checked(stream: Iterable[Located]) -> Iterator[Located]:
         yield item
 
 
-def _groups(streams: Sequence[Iterable[Located]]) -> Iterator[list[Located]]:
+def groups(streams: Sequence[Iterable[Located]]) -> Iterator[list[Located]]:
+    """Every recorded version of each path, path by path in clock order."""
     merged = heapq.merge(*(_checked(s) for s in streams), key=lambda x: x.entry.key)
     group: list[Located] = []
     for item in merged:
@@ -72,7 +73,7 @@ def _groups(streams: Sequence[Iterable[Located]]) -> Iterator[list[Located]]:
 def replay(streams: Sequence[Iterable[Located]], *, at: int | None = None) -> Iterator[Located]:
     """The tree that replaying ``streams`` gives, as of time ``at`` (ns) or latest."""
     stack: list[_Ancestor] = []
-    for group in _groups(streams):
+    for group in groups(streams):
         path = group[0].entry.path
         while stack and not model.is_within(path, stack[-1].path):
             stack.pop()

@@ -19,7 +19,8 @@ CHARDEV = "c"
 BLOCKDEV = "b"
 DELETED = "x"
 PART = "P"  # one part of a file split over several packs; not a version of its own
-KINDS = (FILE, DIR, SYMLINK, HARDLINK, FIFO, CHARDEV, BLOCKDEV, DELETED, PART)
+LOST = "L"  # in a gc record: a version gc removed with an expired layer (since..until)
+KINDS = (FILE, DIR, SYMLINK, HARDLINK, FIFO, CHARDEV, BLOCKDEV, DELETED, PART, LOST)
 
 ROOT = b"."
 
@@ -38,6 +39,9 @@ class Entry:
     holding ``length`` bytes at ``offset`` (``size`` and the stat fields are the whole
     file's, ``sha256`` the part's), written in consecutive commits of one layer; the
     file's own entry follows the last part and says how many there are (``parts``).
+
+    A ``LOST`` entry, in a gc record, says that the version of ``path`` current from
+    ``since`` until ``until`` was removed with an expired layer: missing, never wrong.
     """
 
     kind: str
@@ -61,6 +65,7 @@ class Entry:
     offset: int = 0
     length: int = 0
     parts: int = 0
+    until: int = 0  # LOST: when the version stopped being current
 
     @property
     def key(self) -> bytes:

@@ -32,6 +32,7 @@ from blanket.errors import (
     RepositoryLocked,
     RepositoryMissing,
     StoreError,
+    UsageError,
     WrongKey,
 )
 from blanket.indexfmt import IndexHeader
@@ -148,6 +149,24 @@ class Repository:
         """Another store holding (part of) the same repository, for reading."""
         self.backends.append(backend)
 
+    @property
+    def packs(self) -> list[IndexHeader]:
+        """The commits that are packs of a layer (not gc records), in commit order."""
+        return [h for h in self.headers if not h.gc_record]
+
+    def layer_end(self, layer: int) -> int:
+        """When layer ``layer`` was last written: the time ``--at LAYER`` restores."""
+        times = [h.created for h in self.packs if h.layer == layer]
+        if not times:
+            raise UsageError(f"layer {layer} is not in the repository; see 'blanket layers'")
+        return max(times)
+
+    def lost_versions(self) -> Iterator[Entry]:
+        """The versions gc records as removed with expired layers."""
+        for h in self.headers:
+            if h.gc_record:
+                yield from self.entries(h.seq)
+
     def refresh(self, *, strict: bool = True, fresh: bool = False) -> list[IndexHeader]:
         """Bring the local index cache up to date with the stores and check the chain.
 
@@ -176,6 +195,10 @@ class Repository:
             pass  # no delete permission: leftovers are ignored by readers and left to gc
         return removed
 
+    def next_seq(self) -> int:
+        """The number the next commit gets (gc may have removed older ones)."""
+        return self.headers[-1].seq + 1 if self.headers else 0
+
     def last_hash(self) -> str:
         if not self.headers:
             return ""
@@ -195,6 +218,8 @@ class Repository:
 
     def _layer_stream(self, headers: list[IndexHeader]) -> Iterator[Located]:
         for h in headers:
+            if h.gc_record:
+                continue
             for e in self.entries(h.seq):
                 if e.kind != PART:
                     yield Located(e, h.seq, h.layer)
@@ -240,7 +265,7 @@ class Repository:
 
     def commit(self, sealed: SealedPack, header: IndexHeader, entries: list[Entry]) -> IndexHeader:
         """Store the pack, then its index: the commit point. Returns the final header."""
-        seq = len(self.headers)
+        seq = self.next_seq()
         dkey = data_key(seq, sealed.sha256)
         final = _with_data(header, seq, self.last_hash(), dkey, sealed)
         self._store_data(dkey, sealed)

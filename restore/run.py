@@ -350,15 +350,22 @@ def run_restore(
     for r in repos:
         r.refresh(strict=False)
     check_target(repos, opts.target, opts.force)
-    o = opts
-    if o.at_layer is not None and not any(h.layer <= o.at_layer for r in repos for h in r.headers):
-        raise UsageError(
-            f"--at {o.at_layer}: the repository has no layer that old; see 'blanket layers'"
-        )
+    if opts.at_layer is not None:  # as of the end of that layer: the since rule, which
+        # also finds versions a later pass refreshed out of an expired layer
+        opts = replace(opts, at_time=repos[0].layer_end(opts.at_layer), at_layer=None)
     job = _Restore(repos, opts, listener)
     for r in repos:
         for key, message in r.problems:
             job.problem(key.encode(), message)
+        if opts.at_time is not None:
+            for lost in r.lost_versions():
+                wanted = not opts.paths or any(model.is_within(lost.path, t) for t in opts.paths)
+                if wanted and lost.since <= opts.at_time < (lost.until or 1 << 63):
+                    job.problem(
+                        lost.path,
+                        f"its version of {show_time(lost.since)} was removed by gc with an "
+                        "expired layer: missing, not wrong",
+                    )
     state_dir = repos[0].state.dir
     with tempfile.TemporaryDirectory(prefix="restore-", dir=state_dir) as workdir:
         plan = job.plan(workdir, opts.paths)

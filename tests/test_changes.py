@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from blanket import model
 from blanket.changes import Delete, Emit, Keep, Seen, diff
+from blanket.merge import Located
 from blanket.model import Entry
 
 
@@ -15,9 +16,12 @@ def dr(path: str) -> Entry:
     return Entry(model.DIR, path.encode())
 
 
-def run(current: list[Seen], prior: list[Entry], full: bool = False) -> list[tuple[str, str]]:
+def run(
+    current: list[Seen], prior: list[Entry], full: bool = False, expire_below: int = 0
+) -> list[tuple[str, str]]:
     out = []
-    for c in diff(current, prior, full=full):
+    located = [Located(e, seq=i, layer=int(e.path == b"old")) for i, e in enumerate(prior)]
+    for c in diff(current, located, full=full, expire_below=expire_below):
         if isinstance(c, Emit):
             out.append(("emit", c.entry.path.decode()))
         elif isinstance(c, Delete):
@@ -68,3 +72,13 @@ def test_an_unreadable_path_keeps_its_prior_version() -> None:
 def test_type_change_is_a_change() -> None:
     prior = [dr("."), f("a")]
     assert run(seen(dr("."), dr("a")), prior) == [("keep", "."), ("emit", "a")]
+
+
+def test_unchanged_paths_living_in_an_expiring_layer_are_emitted_again() -> None:
+    prior = [dr("."), f("a"), f("old")]  # "old" lives in layer 1, the rest in layer 0
+    current = seen(dr("."), f("a"), f("old"))
+    assert run(current, prior, expire_below=1) == [
+        ("emit", "."),
+        ("emit", "a"),
+        ("keep", "old"),
+    ]

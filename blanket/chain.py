@@ -44,10 +44,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def parse_checked(repo: Repository, seq: int, plain: bytes) -> IndexHeader:
-    """The header of an index plaintext, if it is this repository's commit ``seq``."""
+def parse_checked(
+    repo: Repository, seq: int, plain: bytes, *, entries: bool = False
+) -> IndexHeader:
+    """The header of an index plaintext, if it is this repository's commit ``seq``; with
+    ``entries``, every entry line is parsed too (unsafe paths are refused), as is done
+    once for each index that comes from a store, before it is cached."""
     try:
-        header, _ = indexfmt.split_index(plain)
+        header, lines = indexfmt.split_index(plain)
+        if entries:
+            for line in lines:
+                indexfmt.parse_entry(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"malformed ({exc})") from exc
     if header.repository != repo.config.id:
@@ -73,7 +80,7 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
             return parse_checked(repo, seq, plain), plain
         try:
             plain = repo.gpg.decrypt_bytes(cipher, key)
-            header = parse_checked(repo, seq, plain)
+            header = parse_checked(repo, seq, plain, entries=True)
         except WrongKey:
             raise
         except BlanketError as exc:

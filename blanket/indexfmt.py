@@ -201,6 +201,9 @@ def parse_entry(line: bytes) -> Entry:
             raise ValueError(f"bad field {item!r} in index entry")
         f[name] = value
     rdev = f.get("rdev", "0,0").split(",")
+    target = unescape(f["target"]) if "target" in f else b""
+    if kind == model.HARDLINK:
+        model.check_relpath(target)  # a hard link names a path inside the tree
     return Entry(
         kind=kind,
         path=path,
@@ -214,7 +217,7 @@ def parse_entry(line: bytes) -> Entry:
         ino=int(f.get("ino", "0")),
         size=int(f.get("size", "0")),
         sha256="" if f.get("sha256", "-") == "-" else f["sha256"],
-        target=unescape(f["target"]) if "target" in f else b"",
+        target=target,
         rdev_major=int(rdev[0]),
         rdev_minor=int(rdev[1]),
         xattrs=_parse_xattrs(f.get("xattrs", "")),

@@ -205,8 +205,15 @@ class Repository:
         return hashlib.sha256(self.state.index_path(self.headers[-1].seq).read_bytes()).hexdigest()
 
     def entries(self, seq: int) -> Iterator[Entry]:
-        with open(self.state.index_path(seq), "rb") as f:
-            yield from indexfmt.read_entries(f)
+        """The entries of cached index ``seq`` (checked when it came from the store)."""
+        try:
+            with open(self.state.index_path(seq), "rb") as f:
+                yield from indexfmt.read_entries(f)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(
+                f"the cached copy of {index_key(seq)} is unreadable ({exc}); delete "
+                f"{self.state.index_path(seq)} to fetch it again"
+            ) from exc
 
     def layer_streams(self, *, up_to_layer: int | None = None) -> list[Iterator[Located]]:
         """One clock-sorted stream per layer, for :func:`blanket.merge.replay`."""

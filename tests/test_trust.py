@@ -300,3 +300,18 @@ def test_sync_repairs_a_damaged_replica_and_refuses_a_foreign_one(
     )
     with pytest.raises(Exception, match="another repository"):
         sync(_open(layered["url"], keyring), LocalBackend(str(other)))
+
+
+def test_a_rerun_restore_reads_only_the_packs_still_needed(
+    layered: Any, keyring: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = run_restore([_open(layered["url"], keyring)], RestoreOptions(str(out)))
+    assert first.problems == [] and first.packs_read > 2
+    victim = sorted(p for p in out.rglob("f*") if p.is_file())[0]
+    victim.unlink()
+    again = run_restore([_open(layered["url"], keyring)], RestoreOptions(str(out)))
+    assert again.problems == []
+    assert (again.packs_read, again.files) == (1, 1)
+    assert again.unchanged == first.files - 1
+    assert _files(out) == layered["v2"]

@@ -315,3 +315,30 @@ def test_a_rerun_restore_reads_only_the_packs_still_needed(
     assert (again.packs_read, again.files) == (1, 1)
     assert again.unchanged == first.files - 1
     assert _files(out) == layered["v2"]
+
+
+def test_a_full_disk_stops_restore_with_a_clear_error_and_no_temporaries(
+    repo: Repository, keyring: Any, tmp_path: Path
+) -> None:
+    import subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}").write_bytes(os.urandom(300_000))
+    run_backup(repo, str(src), BackupOptions())
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(small)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        with pytest.raises(Exception, match="free space") as err:
+            run_restore(repo, RestoreOptions(str(small / "out")))
+        assert "No space left" in str(err.value)
+        left = list((small / "out").iterdir())
+        assert left and not any(p.name.startswith(".blanket-tmp") for p in left)
+        for p in left:
+            assert p.read_bytes() == (src / p.name).read_bytes(), f"{p.name} is not whole"
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

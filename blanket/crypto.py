@@ -35,9 +35,11 @@ class KeySpec:
 
 def _gpg(gnupghome: str | None) -> Any:
     try:
-        return gnupg.GPG(gnupghome=gnupghome)
+        gpg = gnupg.GPG(gnupghome=gnupghome)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UsageError(f"cannot run gpg ({exc}); install GnuPG 2 and check --gnupghome") from exc
+    gpg.buffer_size = 1 << 20  # python-gnupg copies data to gpg in chunks of this size
+    return gpg
 
 
 def read_passphrase_file(path: str) -> str:

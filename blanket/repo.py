@@ -278,12 +278,7 @@ class Repository:
         self._store_data(dkey, sealed)
         plain = indexfmt.render_index(final, entries)
         cipher = self.gpg.encrypt_bytes(plain)
-        try:
-            self.backend.put(index_key(seq), cipher, if_absent=True)
-        except AlreadyExists:
-            raise RepositoryLocked(
-                f"another run committed {index_key(seq)} at the same time; run again later"
-            ) from None
+        put_index(self.backend, index_key(seq), cipher)
         self.state.store_index(seq, plain, hashlib.sha256(cipher).hexdigest())
         progress = self.state.load()
         progress.last_seq = seq
@@ -293,6 +288,29 @@ class Repository:
         self.by_seq[seq] = final
         os.unlink(sealed.path)
         return final
+
+
+def put_index(backend: Backend, key: str, blob: bytes) -> None:
+    """Write an index only if absent, then read it back: a store that dropped or cut
+    short our write gets it again (it is ours: the caller holds the lock); anything else
+    there means another run committed meanwhile (``RepositoryLocked``)."""
+    try:
+        backend.put(key, blob, if_absent=True)
+    except AlreadyExists:
+        raise RepositoryLocked(
+            f"another run committed {key} at the same time; run again later"
+        ) from None
+    for _ in range(2):
+        try:
+            stored = backend.get(key)
+        except NotFound:
+            stored = b""
+        if stored == blob:
+            return
+        if stored != blob[: len(stored)]:
+            raise RepositoryLocked(f"another run wrote {key} at the same time; run again later")
+        backend.put(key, blob)  # ours, cut short or never kept: write it again
+    raise IntegrityError(f"cannot store {key}: the store does not keep it; nothing was committed")
 
 
 def _with_data(h: IndexHeader, seq: int, prev: str, dkey: str, sealed: SealedPack) -> IndexHeader:

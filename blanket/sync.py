@@ -19,7 +19,7 @@ from blanket.backends.base import Backend, download_to
 from blanket.chain import index_key
 from blanket.errors import AlreadyExists, BlanketError, IntegrityError
 from blanket.indexfmt import IndexHeader
-from blanket.repo import CONFIG_KEY, Repository
+from blanket.repo import CONFIG_KEY, Repository, put_index
 from blanket.verify import check_object
 
 
@@ -122,11 +122,6 @@ def sync(src: Repository, dst: Backend) -> SyncResult:
                     f"{index_key(h.seq)} on {src.backend.describe()} changed since it was "
                     "verified; run 'blanket verify' there"
                 )
-            try:
-                dst.put(index_key(h.seq), cipher, if_absent=True)
-            except AlreadyExists:
-                raise BlanketError(
-                    f"another run wrote {index_key(h.seq)} on {dst.describe()} meanwhile"
-                ) from None
+            put_index(dst, index_key(h.seq), cipher)
             result.commits_copied += 1
     return result

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -68,14 +69,22 @@ def atomic_moto(monkeypatch: pytest.MonkeyPatch) -> None:
     serialize_moto(monkeypatch)
 
 
-@pytest.fixture
-def s3_store(aws_env: None, atomic_moto: None) -> Iterator[S3Backend]:
-    """An S3 store in moto, in process: bucket ``contract-bucket``, prefix ``some/prefix``."""
+@pytest.fixture(scope="module")
+def moto_bucket() -> Iterator[str]:
+    """moto in process for the whole module, with one bucket (moto supplies fake
+    credentials while it runs)."""
     with mock_aws():
-        backend = S3Backend("contract-bucket", "some/prefix")
-        backend.create()
-        yield backend
-        backend.close()
+        S3Backend("contract-bucket").create()
+        yield "contract-bucket"
+
+
+@pytest.fixture
+def s3_store(moto_bucket: str, aws_env: None, atomic_moto: None) -> Iterator[S3Backend]:
+    """An S3 store in moto: a prefix of its own in the module's bucket."""
+    backend = S3Backend(moto_bucket, f"run-{uuid.uuid4().hex[:12]}/some/prefix")
+    assert backend.exists()
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(params=["memory", "local", "s3", "wrapped"])

@@ -1,0 +1,553 @@
+"""Behaviour added to any :class:`Backend` by wrapping it; each wrapper keeps ``inner``.
+
+:func:`blanket.backends.open_backend` is the one place that stacks them for real use:
+``RetryingBackend(RateLimitedBackend(S3Backend(...)))``. :class:`FaultyBackend` and
+:class:`NoDeleteBackend` exist for tests: the first proves that retries, truncated uploads
+and corrupted reads are handled (no S3 emulator ever fails on its own), the second that a
+backup needs no delete permission.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal, TypeVar, cast
+
+from blanket.backends.base import CHUNK_SIZE, Backend, ObjectInfo, check_key, read_chunks
+from blanket.errors import (
+    AlreadyExists,
+    BadRange,
+    InvalidKey,
+    NotFound,
+    StoreError,
+    TransientStoreError,
+)
+
+T = TypeVar("T")
+
+# A non-seekable file body up to this size is buffered so a failed put can be retried.
+RETRY_BUFFER = 16 * 1024 * 1024
+
+
+class BackendWrapper(Backend):
+    """Passes every call to ``inner``; subclasses override what they change."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
+        self.inner.put(key, data, if_absent=if_absent)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self.inner.get_range(key, offset, length)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self.inner.head(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def exists(self) -> bool:
+        return self.inner.exists()
+
+    def create(self) -> None:
+        self.inner.create()
+
+    def discard_incomplete(self) -> int:
+        return self.inner.discard_incomplete()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def innermost(backend: Backend) -> Backend:
+    """The concrete backend under any stack of wrappers (for store-specific calls such as
+    ``S3Backend.abort_incomplete_uploads``)."""
+    while isinstance(backend, BackendWrapper):
+        backend = backend.inner
+    return backend
+
+
+# --- retrying -------------------------------------------------------------------------
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """The one decision whether a failed store call may be repeated.
+
+    Not-found, bad-range, already-exists and invalid-key answers are final whatever the
+    backend says; any other StoreError is retried when it says it is transient
+    (throttling, 5xx, timeouts, dropped connections: ``StoreError.retriable``). Anything
+    that is no StoreError (a bug, an error reading the caller's file) is never retried.
+    """
+    if isinstance(exc, NotFound | BadRange | AlreadyExists | InvalidKey):
+        return False
+    return isinstance(exc, StoreError) and exc.retriable
+
+
+class RetryingBackend(BackendWrapper):
+    """Repeat calls that failed with a retriable error (:func:`is_retriable`), up to
+    ``attempts`` tries in all, sleeping between them with exponential backoff and full
+    jitter: a random time in ``[0, min(max_delay, base_delay * 2**n))``.
+
+    A put of a file object is repeated from the file's starting position (the file must be
+    seekable; a non-seekable body of at most :data:`RETRY_BUFFER` bytes is buffered, a
+    larger one is tried once). A ``put(if_absent=True)`` whose earlier attempt failed may
+    in fact have stored the object; if a later attempt then meets AlreadyExists, the
+    stored object is compared with the body and the put counts as done when they are the
+    same bytes.
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        attempts: int = 5,
+        base_delay: float = 0.2,
+        max_delay: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(inner)
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.sleep = sleep
+        self.rand = rand
+
+    def delay(self, failures: int) -> float:
+        """How long to wait after the ``failures``-th failed attempt (1-based)."""
+        return self.rand() * min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
+
+    def _retry(self, call: Callable[[], T], *, can_retry: bool = True) -> T:
+        failures = 0
+        while True:
+            try:
+                return call()
+            except StoreError as exc:
+                if not is_retriable(exc):
+                    raise
+                failures += 1
+                if not can_retry:
+                    raise TransientStoreError(
+                        f"{exc} (not retried: the body cannot be read a second time)"
+                    ) from exc
+                if failures >= self.attempts:
+                    raise TransientStoreError(
+                        f"{exc} (gave up after {self.attempts} attempts)"
+                    ) from exc
+                self.sleep(self.delay(failures))
+
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
+        check_key(key)
+        body = _Replayable(data)
+        tried = False
+
+        def attempt() -> None:
+            nonlocal tried
+            after_failure, tried = tried, True
+            try:
+                self.inner.put(key, body.rewind(), if_absent=if_absent)
+            except AlreadyExists:
+                if if_absent and after_failure and self._holds(key, body):
+                    return  # the failed attempt had stored it after all
+                raise
+
+        self._retry(attempt, can_retry=body.replayable)
+
+    def _holds(self, key: str, body: _Replayable) -> bool:
+        """Whether ``key`` holds exactly ``body``'s bytes (by the store's checksum if it
+        keeps one, else by reading it back)."""
+        size, digest = body.size_and_sha256()
+        info = self.head(key)
+        if info.size != size:
+            return False
+        if info.checksum_sha256 is not None:
+            return info.checksum_sha256 == digest
+        stored = hashlib.sha256()
+        for offset in range(0, size, CHUNK_SIZE):
+            stored.update(self.get_range(key, offset, CHUNK_SIZE))
+        return stored.hexdigest() == digest
+
+    def get(self, key: str) -> bytes:
+        return self._retry(lambda: self.inner.get(key))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._retry(lambda: self.inner.get_range(key, offset, length))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Errors may surface while iterating: take the whole listing inside the retry.
+        return iter(self._retry(lambda: builtins.list(self.inner.list(prefix))))
+
+    def head(self, key: str) -> ObjectInfo:
+        return self._retry(lambda: self.inner.head(key))
+
+    def delete(self, key: str) -> None:
+        self._retry(lambda: self.inner.delete(key))
+
+    def exists(self) -> bool:
+        return self._retry(self.inner.exists)
+
+    def create(self) -> None:
+        self._retry(self.inner.create)
+
+    def discard_incomplete(self) -> int:
+        return self._retry(self.inner.discard_incomplete)
+
+
+class _Replayable:
+    """A put body that can be offered again from its start."""
+
+    def __init__(self, data: bytes | BinaryIO) -> None:
+        self.data: bytes | BinaryIO
+        self.start = 0
+        self.replayable = True
+        if isinstance(data, bytes | bytearray | memoryview):
+            self.data = bytes(data)
+        elif _seekable(data):
+            self.data = data
+            self.start = data.tell()
+        else:
+            head = _read_upto(data, RETRY_BUFFER + 1)
+            if len(head) <= RETRY_BUFFER:
+                self.data = head
+            else:
+                self.data = cast(BinaryIO, _Prefixed(head, data))
+                self.replayable = False
+        self.used = False
+
+    def rewind(self) -> bytes | BinaryIO:
+        if isinstance(self.data, bytes):
+            return self.data
+        if self.used and self.replayable:
+            self.data.seek(self.start)
+        self.used = True
+        return self.data
+
+    def size_and_sha256(self) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in read_chunks(self.rewind()):
+            digest.update(chunk)
+            size += len(chunk)
+        return size, digest.hexdigest()
+
+
+def _seekable(f: BinaryIO) -> bool:
+    try:
+        if not f.seekable():
+            return False
+        f.tell()
+    except (AttributeError, OSError, ValueError):
+        return False  # no seek support: buffer instead
+    return True
+
+
+def _read_upto(f: BinaryIO, n: int) -> bytes:
+    parts: builtins.list[bytes] = []
+    left = n
+    while left > 0 and (chunk := f.read(min(left, CHUNK_SIZE))):
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` (already read) followed by the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head = memoryview(head)
+        self.rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.head:
+            n = min(len(view), len(self.head))
+            view[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        chunk = self.rest.read(len(view))
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+
+# --- rate limiting --------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` bytes per second on average, with bursts of up to one second's worth.
+
+    Thread-safe: concurrent callers share the rate. A take larger than the bucket runs it
+    into debt, and the taker sleeps the debt off.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.capacity = float(rate)
+        self.clock = clock
+        self.sleep = sleep
+        self._tokens = self.capacity
+        self._updated = clock()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= n
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.sleep(wait)
+
+
+# Largest read a throttled upload hands on at once, so the rate is smooth.
+THROTTLE_CHUNK = 256 * 1024
+
+
+class _ThrottledReader(io.RawIOBase):
+    """A file-like view of a put body that takes tokens for every byte read."""
+
+    def __init__(self, inner: BinaryIO, bucket: TokenBucket) -> None:
+        self.inner = inner
+        self.bucket = bucket
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        chunk = self.inner.read(min(len(view), THROTTLE_CHUNK))
+        view[: len(chunk)] = chunk
+        if chunk:
+            self.bucket.take(len(chunk))
+        return len(chunk)
+
+
+class RateLimitedBackend(BackendWrapper):
+    """Limit uploads (put bodies) and downloads (get, get_range) to the given bytes per
+    second, averaged over time; ``None`` means no limit that way.
+
+    The body is throttled as the store reads it. A store that reads a whole body (or
+    part) before sending it, as S3 does for one PUT or one multipart part, still sends
+    each at line speed: the average holds, the bursts are up to one such body long.
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        upload_bps: float | None = None,
+        download_bps: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(inner)
+        self.upload = TokenBucket(upload_bps, clock=clock, sleep=sleep) if upload_bps else None
+        self.download = (
+            TokenBucket(download_bps, clock=clock, sleep=sleep) if download_bps else None
+        )
+
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
+        if self.upload is None:
+            self.inner.put(key, data, if_absent=if_absent)
+            return
+        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        reader = cast(BinaryIO, _ThrottledReader(source, self.upload))
+        self.inner.put(key, reader, if_absent=if_absent)
+
+    def get(self, key: str) -> bytes:
+        return self._took(self.inner.get(key))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._took(self.inner.get_range(key, offset, length))
+
+    def _took(self, data: bytes) -> bytes:
+        if self.download is not None and data:
+            self.download.take(len(data))
+        return data
+
+
+# --- fault injection (tests) ----------------------------------------------------------
+
+FaultKind = Literal[
+    "transient",  # raise TransientStoreError instead of calling the store
+    "permanent",  # raise StoreError instead of calling the store
+    "truncate",  # put: store only the first half of the body, report success
+    "flip_bit",  # get / get_range: flip one bit of what the store returned
+    "store_then_fail",  # put: store the body, then raise TransientStoreError
+    "ack_without_store",  # put: read the body, store nothing, report success
+]
+_ANY_METHOD = frozenset(
+    {"put", "get", "get_range", "list", "head", "delete", "exists", "create", "discard_incomplete"}
+)
+_ONLY = {
+    "truncate": {"put"},
+    "store_then_fail": {"put"},
+    "ack_without_store": {"put"},
+    "flip_bit": {"get", "get_range"},
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Fail the ``call``-th call (1-based) of ``method`` whose key (or list prefix) starts
+    with ``key_prefix``, the way ``kind`` says. Calls are counted per fault, so two faults
+    on calls 1 and 2 of the same method hit a call and its retry."""
+
+    method: str
+    call: int = 1
+    kind: FaultKind = "transient"
+    key_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.method not in _ANY_METHOD:
+            raise ValueError(f"no backend method {self.method!r}")
+        if self.method not in _ONLY.get(self.kind, _ANY_METHOD):
+            raise ValueError(f"a {self.kind!r} fault applies to {sorted(_ONLY[self.kind])}")
+        if self.call < 1:
+            raise ValueError("calls are counted from 1")
+
+    def __str__(self) -> str:
+        where = f" under {self.key_prefix!r}" if self.key_prefix else ""
+        return f"{self.kind} on {self.method} call {self.call}{where}"
+
+
+class FaultyBackend(BackendWrapper):
+    """Inject the planned faults; :meth:`assert_all_fired` fails if any never happened
+    (so a test cannot pass because its fault missed). ``fired`` lists ``(fault, key)`` in
+    the order they happened."""
+
+    def __init__(self, inner: Backend, plan: Sequence[Fault]) -> None:
+        super().__init__(inner)
+        self.plan = tuple(plan)
+        self.fired: builtins.list[tuple[Fault, str]] = []
+        self._seen = [0] * len(self.plan)
+        self._pending = set(range(len(self.plan)))
+        self._lock = threading.Lock()
+
+    def assert_all_fired(self) -> None:
+        missed = [str(self.plan[i]) for i in sorted(self._pending)]
+        if missed:
+            raise AssertionError(f"planned faults that never fired: {'; '.join(missed)}")
+
+    def _fault(self, method: str, key: str) -> Fault | None:
+        """Count this call against the plan; return the fault it triggers, if any."""
+        hit: Fault | None = None
+        with self._lock:
+            for i, f in enumerate(self.plan):
+                if i in self._pending and f.method == method and key.startswith(f.key_prefix):
+                    self._seen[i] += 1
+                    if self._seen[i] == f.call and hit is None:
+                        self._pending.discard(i)
+                        self.fired.append((f, key))
+                        hit = f
+        if hit is not None and hit.kind in ("transient", "permanent"):
+            error = TransientStoreError if hit.kind == "transient" else StoreError
+            raise error(f"{self.describe()}: injected {hit} ({key!r})")
+        return hit
+
+    def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
+        fault = self._fault("put", key)
+        if fault is None:
+            self.inner.put(key, data, if_absent=if_absent)
+            return
+        body = b"".join(read_chunks(data))
+        if fault.kind == "truncate":
+            self.inner.put(key, body[: len(body) // 2], if_absent=if_absent)
+        elif fault.kind == "store_then_fail":
+            self.inner.put(key, body, if_absent=if_absent)
+            raise TransientStoreError(f"{self.describe()}: injected {fault} ({key!r})")
+        # ack_without_store: the body was read; nothing is stored
+
+    def get(self, key: str) -> bytes:
+        fault = self._fault("get", key)
+        data = self.inner.get(key)
+        return _flip(data) if fault else data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        fault = self._fault("get_range", key)
+        data = self.inner.get_range(key, offset, length)
+        return _flip(data) if fault else data
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._fault("list", prefix)
+        return self.inner.list(prefix)
+
+    def head(self, key: str) -> ObjectInfo:
+        self._fault("head", key)
+        return self.inner.head(key)
+
+    def delete(self, key: str) -> None:
+        self._fault("delete", key)
+        self.inner.delete(key)
+
+    def exists(self) -> bool:
+        self._fault("exists", "")
+        return self.inner.exists()
+
+    def create(self) -> None:
+        self._fault("create", "")
+        self.inner.create()
+
+    def discard_incomplete(self) -> int:
+        self._fault("discard_incomplete", "")
+        return self.inner.discard_incomplete()
+
+
+def _flip(data: bytes) -> bytes:
+    if not data:
+        return data
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0x10
+    return bytes(damaged)
+
+
+class NoDeleteBackend(BackendWrapper):
+    """A store whose policy allows no delete (what a backup-only key gets): every delete,
+    and every abort of an incomplete upload, raises StoreError and is recorded in
+    ``refused``."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.refused: builtins.list[str] = []
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        self.refused.append(key)
+        raise StoreError(
+            f"{self.describe()}: cannot delete {key!r}: AccessDenied (the policy allows no delete)"
+        )
+
+    def discard_incomplete(self) -> int:
+        self.refused.append("(incomplete uploads)")
+        raise StoreError(
+            f"{self.describe()}: cannot abort incomplete uploads: AccessDenied "
+            "(the policy allows no delete)"
+        )

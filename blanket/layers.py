@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from blanket.indexfmt import IndexHeader
+from blanket.model import Entry
 
 
 @dataclass
@@ -34,3 +35,11 @@ def summarize(headers: list[IndexHeader]) -> list[LayerSummary]:
         s.complete = s.complete or h.complete
         s.clock = h.clock_to
     return [out[k] for k in sorted(out)]
+
+
+def history(summaries: list[LayerSummary], lost: list[Entry]) -> dict[int, int]:
+    """For each layer, how many versions that were current at its end gc has removed
+    (0: restoring ``--at`` that layer is exact)."""
+    return {
+        s.layer: sum(1 for e in lost if e.since <= s.last < (e.until or 1 << 63)) for s in summaries
+    }

@@ -132,6 +132,10 @@ class PackWriter:
             ti.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
         return ti
 
+    def _add(self, ti: tarfile.TarInfo, data: io.RawIOBase | None = None) -> None:
+        self._tar.addfile(ti, data)
+        self._tar.getmembers().clear()  # TarFile keeps every header it wrote: memory per file
+
     def add_meta(self, e: Entry) -> None:
         """Add an entry that has no content: directory, symlink, hard link, special, marker."""
         if e.kind != model.DELETED:
@@ -149,7 +153,7 @@ class PackWriter:
             elif e.kind == model.HARDLINK:
                 ti.linkname = member_name(e.target)
             ti.devmajor, ti.devminor = e.rdev_major, e.rdev_minor
-            self._tar.addfile(ti)
+            self._add(ti)
         self.entries.append(e)
 
     def add_file(self, e: Entry, data: Iterable[bytes]) -> Entry:
@@ -191,7 +195,7 @@ class PackWriter:
             ti = self._info(e, member_name(e.path))
             ti.size = stored
             body = hashed()
-        self._tar.addfile(ti, _ChunkReader(body))
+        self._add(ti, _ChunkReader(body))
         for _ in body:  # tar stops reading at the declared size: let the hash see the end
             pass
         self.content_bytes += stored
@@ -217,7 +221,7 @@ class PackWriter:
         ti = self._info(e, part_member_name(e.path, e.offset))
         ti.size = e.length
         body = hashed()
-        self._tar.addfile(ti, _ChunkReader(body))
+        self._add(ti, _ChunkReader(body))
         for _ in body:
             pass
         self.content_bytes += e.length

@@ -1,7 +1,8 @@
-"""The ``blanket`` command: parse arguments, run the command, render, exit with the
+"""The ``blanket`` command: parse arguments, run the command, render, log, exit with the
 contract's code (0 ok, 1 fatal, 2 usage, 3 some files not backed up or restored,
 10 repository missing, 11 locked, 12 wrong key). The commands live in
-``blanket.commands``, one module each."""
+``blanket.commands``, one module each. Every run is recorded in the operation log
+(``blanket.oplog``); with ``--prometheus-file`` its metrics are written too."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from blanket.commands import COMMANDS
-from blanket.commands.common import Parser, common_options
-from blanket.errors import EXIT_USAGE, BlanketError
+from blanket import oplog, prometheus
+from blanket.commands import ALIASES, COMMANDS
+from blanket.commands.common import Parser, common_options, setting
+from blanket.errors import EXIT_FATAL, EXIT_USAGE, BlanketError
 from blanket.ui import Output
 
 
@@ -21,30 +23,89 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="blanket", description="Backups restorable from the first commit.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, module in COMMANDS.items():
-        p = sub.add_parser(name, parents=[common], help=module.HELP, description=module.HELP)
+        aliases = [a for a, target in ALIASES.items() if target == name]
+        p = sub.add_parser(
+            name, aliases=aliases, parents=[common], help=module.HELP, description=module.HELP
+        )
         module.add_arguments(p)
     return parser
+
+
+def _command_name(raw: list[str]) -> str:
+    for word in raw:
+        if not word.startswith("-"):
+            return ALIASES.get(word, word) if word in COMMANDS or word in ALIASES else "blanket"
+    return "blanket"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     out = Output(json_mode="--json" in raw, quiet="--quiet" in raw or "-q" in raw)
+    invocation = oplog.Invocation(_command_name(raw), raw)
+    out.record = invocation
+    args: argparse.Namespace | None = None
+    code, error = EXIT_FATAL, None
     try:
         args = build_parser().parse_args(raw)
-        if args.gnupghome is None:
-            args.gnupghome = os.environ.get("GNUPGHOME") or None
+        args.command = ALIASES.get(args.command, args.command)
+        args.invocation = invocation
         out = Output(json_mode=args.json, quiet=args.quiet)
-        return int(COMMANDS[args.command].run(args, out))
+        out.record = invocation
+        code = int(COMMANDS[args.command].run(args, out))
     except BlanketError as exc:
-        out.error(str(exc), exc.exit_code)
-        return exc.exit_code
+        code, error = exc.exit_code, " ".join(str(exc).split())
+        out.error(error, code)
     except KeyboardInterrupt:
-        out.error("interrupted", 130)
-        return 130
+        code, error = 130, "interrupted"
+        out.error(error, code)
+    except BrokenPipeError:  # the reader of our stdout went away (| head): not our failure
+        code = 0
+        _silence_stdout()
     except SystemExit as exc:  # --help
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+        code = int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+        return code
     finally:
         out.stop_live()
+    _finish(invocation, args, out, code, error)
+    return code
+
+
+def _finish(
+    invocation: oplog.Invocation,
+    args: argparse.Namespace | None,
+    out: Output,
+    code: int,
+    error: str | None,
+) -> None:
+    """Log the run; write the Prometheus file when asked. Trouble here is reported on
+    stderr and never changes the exit code."""
+    invocation.finish(code, error)
+    path = getattr(args, "prometheus_file", None) if args is not None else None
+    if args is not None and path is None and getattr(args, "command", "") in ("backup", "status"):
+        try:
+            path = setting(args, "prometheus_file")
+        except BlanketError:
+            path = None
+    if not path:
+        return
+    units = invocation.units
+    codes = [u.exit_code if u.exit_code is not None else code for u in units]
+    try:
+        cap = setting(args, "cap") if args is not None else None
+    except BlanketError:
+        cap = None
+    try:
+        prometheus.write(path, units, codes, [cap] * len(units))
+    except OSError as exc:
+        out.error(f"cannot write the Prometheus file {path}: {exc.strerror}", code)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 def entry_point() -> None:

@@ -36,7 +36,7 @@ from blanket.errors import (
     WrongKey,
 )
 from blanket.indexfmt import IndexHeader
-from blanket.merge import Located
+from blanket.merge import Located, replay
 from blanket.model import PART, Entry
 from blanket.packer import SealedPack
 from blanket.state import LocalState
@@ -160,6 +160,14 @@ class Repository:
         if not times:
             raise UsageError(f"layer {layer} is not in the repository; see 'blanket layers'")
         return max(times)
+
+    def tree(self, *, layer: int | None = None, when: int | None = None) -> Iterator[Located]:
+        """The replayed tree: latest, as of time ``when`` (ns), or as of the end of
+        ``layer`` (the since rule, which also finds versions refreshed into later
+        layers)."""
+        if layer is not None:
+            when = self.layer_end(layer)
+        return replay(self.layer_streams(), at=when)
 
     def lost_versions(self) -> Iterator[Entry]:
         """The versions gc records as removed with expired layers."""

@@ -1,8 +1,15 @@
 """Terminal and JSON rendering of events and results (the only module that imports rich).
 
 Three modes: plain text (a summary at the end; per-file warnings to stderr), ``--quiet``
-(nothing but warnings and errors), ``--json`` (one JSON object per line on stdout, each with a
-``type``). On an interactive terminal a rich status line shows what the run is doing.
+(nothing but warnings and errors), ``--json`` (one JSON object per line, each with a
+``type``). On an interactive terminal a rich progress display on stderr shows files and
+bytes done, the rate, the share of the pass and the time left when an estimate is known,
+and the file being read when it is a large one (a heartbeat). The display is redrawn at
+most ten times a second whatever the rate of events; ``--json`` gets a ``progress``
+line at most once a second.
+
+Commands whose stdout carries data (``cat``, ``restore --to -``) call ``data_on_stdout``:
+everything else, JSON lines included, then goes to stderr.
 """
 
 from __future__ import annotations
@@ -11,23 +18,122 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol, TextIO
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+from rich.text import Text
 
 from blanket.events import (
     Event,
     FileRestored,
     FileStored,
+    ObjectDone,
     PackCommitted,
+    Planned,
+    Position,
+    Reading,
     RestoreProblem,
     SourceWarning,
 )
 from blanket.units import human_size
 
+DRAW_EVERY = 0.1  # seconds: at most ten redraws a second
+JSON_EVERY = 1.0
+RATE_WINDOW = 10.0  # seconds of history behind the shown rate
+
 
 def _text(path: bytes) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def path_text(path: bytes) -> str:
+    return _text(path)
+
+
+def human_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+class Estimate(Protocol):
+    """How far a task is (``blanket.estimate.PassEstimate`` for backups)."""
+
+    def fraction(self, position: bytes | None, bytes_done: int) -> float | None: ...
+
+    def total_bytes(self) -> tuple[int, bool] | None: ...
+
+
+class Recorder(Protocol):
+    """Where the operation log collects a run's figures (``blanket.oplog``)."""
+
+    def note_summary(self, fields: dict[str, Any]) -> None: ...
+
+    def note_warning(self, path: str, message: str) -> None: ...
+
+
+class _Bar(Progress):
+    """A progress row plus a line for the large file being read."""
+
+    heartbeat = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.heartbeat:
+            yield Text(self.heartbeat, no_wrap=True, overflow="ellipsis", style="dim")
+
+
+class _Tally:
+    """Running figures of the task being shown."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.files = 0
+        self.bytes = 0
+        self.packs = 0
+        self.position: bytes | None = None
+        self.reading: bytes | None = None  # large file being read (bytes counted per chunk)
+        self.reading_done = 0
+        self.reading_size = 0
+        self.planned: Planned | None = None
+        self.samples: deque[tuple[float, int]] = deque()
+        self.first: tuple[float, float] | None = None  # (time, fraction) first seen
+
+    def rate(self, now: float) -> float:
+        self.samples.append((now, self.bytes))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
+            self.samples.popleft()
+        t0, b0 = self.samples[0]
+        if now - t0 < 0.5:
+            t0, b0 = self.started, 0
+        return (self.bytes - b0) / max(now - t0, 1e-3)
+
+    def fraction(self, estimate: Estimate | None) -> float | None:
+        if self.planned is not None and self.planned.bytes:
+            return min(self.bytes / self.planned.bytes, 1.0)
+        if estimate is None:
+            return None
+        return estimate.fraction(self.position, self.bytes)
+
+    def eta(self, now: float, fraction: float | None) -> float | None:
+        if fraction is None:
+            return None
+        if self.first is None:
+            self.first = (now, fraction)
+            return None
+        t0, f0 = self.first
+        if fraction <= f0 or now - t0 < 1.0:
+            return None
+        return (1.0 - fraction) * (now - t0) / (fraction - f0)
 
 
 class Output:
@@ -36,23 +142,54 @@ class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json = json_mode
         self.quiet = quiet
+        self.stream: TextIO = sys.stdout
         self.err = Console(stderr=True, highlight=False)
         self.live = not json_mode and not quiet and sys.stderr.isatty()
-        self._status: Any = None
-        self._files = 0
-        self._bytes = 0
-        self._started = time.monotonic()
+        self.record: Recorder | None = None
+        self.estimate: Estimate | None = None
+        self.task = ""
+        self._bar: _Bar | None = None
+        self._tally = _Tally()
+        self._drawn = 0.0
+        self._json_at = 0.0
+
+    def data_on_stdout(self) -> None:
+        """stdout carries data: send every line of ours to stderr instead."""
+        self.stream = sys.stderr
+
+    def begin(self, task: str, estimate: Estimate | None = None) -> None:
+        """Start showing a new task (a backup of one source, a restore)."""
+        self.stop_live()
+        self.task, self.estimate = task, estimate
+        self._tally = _Tally()
 
     # --- events ----------------------------------------------------------------------
 
     def event(self, ev: Event) -> None:
+        t = self._tally
         if isinstance(ev, (SourceWarning, RestoreProblem)):
             self.warning(ev.path, ev.message)
-        elif isinstance(ev, (FileStored, FileRestored)):
-            self._files += 1
-            self._bytes += ev.size
-            self._tick(ev.path)
-        elif isinstance(ev, PackCommitted) and self.json:
+            return
+        if isinstance(ev, (FileStored, FileRestored)):
+            t.files += 1
+            if ev.path == t.reading:  # its bytes were counted chunk by chunk
+                t.reading = None
+            else:
+                t.bytes += ev.size
+        elif isinstance(ev, Reading):
+            if ev.path != t.reading:
+                t.reading, t.reading_done = ev.path, max(ev.done - (1 << 20), 0)
+            t.bytes += ev.done - t.reading_done
+            t.reading_done, t.reading_size = ev.done, ev.size
+        elif isinstance(ev, Position):
+            t.position = ev.path
+        elif isinstance(ev, Planned):
+            t.planned = ev
+        elif isinstance(ev, ObjectDone):
+            t.files += 1
+            t.bytes += ev.size
+        elif isinstance(ev, PackCommitted):
+            t.packs += 1
             self.emit(
                 "commit",
                 seq=ev.seq,
@@ -61,45 +198,108 @@ class Output:
                 bytes=ev.size,
                 clock=_text(ev.clock_to),
             )
+        self._tick(ev)
 
-    def _tick(self, path: bytes) -> None:
-        if not self.live:
-            return
-        rate = self._bytes / max(time.monotonic() - self._started, 1e-6)
-        text = (
-            f"{self._files} files, {human_size(self._bytes)} "
-            f"({human_size(rate)}/s)  {_text(path)[-60:]}"
+    def _tick(self, ev: Event) -> None:
+        now = time.monotonic()
+        if self.json and now - self._json_at >= JSON_EVERY:
+            self._json_at = now
+            self.emit("progress", **self._figures(now))
+        if self.live and (now - self._drawn >= DRAW_EVERY or isinstance(ev, PackCommitted)):
+            self._drawn = now
+            self._draw(now)
+
+    def _figures(self, now: float) -> dict[str, Any]:
+        t = self._tally
+        fraction = t.fraction(self.estimate)
+        eta = t.eta(now, fraction)
+        return {
+            "task": self.task,
+            "files": t.files,
+            "bytes": t.bytes,
+            "bytes_per_second": round(t.rate(now)),
+            "fraction": None if fraction is None else round(fraction, 4),
+            "eta_seconds": None if eta is None else round(eta),
+            "packs": t.packs,
+            "path": None if t.position is None else _text(t.position),
+        }
+
+    def _draw(self, now: float) -> None:
+        f = self._figures(now)
+        t = self._tally
+        stats = f"{f['files']:,} files  {human_size(f['bytes'])}"
+        total = self.estimate.total_bytes() if self.estimate is not None else None
+        if t.planned is not None:
+            stats += f" of {human_size(t.planned.bytes)}"
+        elif total is not None:
+            stats += f" of {'' if total[1] else '≥'}{human_size(total[0])}"
+        stats += f"  {human_size(f['bytes_per_second'])}/s"
+        if f["packs"]:
+            stats += f"  {f['packs']} committed"
+        pct = "" if f["fraction"] is None else f"{f['fraction']:.0%}"
+        eta = "" if f["eta_seconds"] is None else f"ETA {human_duration(f['eta_seconds'])}"
+        if self._bar is None:
+            self._bar = _Bar(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=28),
+                TextColumn("{task.fields[pct]:>4}"),
+                TextColumn("{task.fields[stats]}"),
+                TextColumn("{task.fields[eta]}"),
+                console=self.err,
+                transient=True,
+                refresh_per_second=10,
+            )
+            title = escape(self.task or "working")
+            self._bar.add_task(title, total=None, pct="", stats="", eta="")
+            self._bar.start()
+        if t.reading is not None:
+            self._bar.heartbeat = (
+                f"  reading {_text(t.reading)}  {human_size(t.reading_done)} of "
+                f"{human_size(t.reading_size)}"
+            )
+        elif t.position is not None:
+            self._bar.heartbeat = f"  clock at {_text(t.position)}"
+        completed = None if f["fraction"] is None else f["fraction"] * 1000
+        self._bar.update(
+            self._bar.task_ids[0],
+            total=None if completed is None else 1000,
+            completed=completed or 0,
+            pct=pct,
+            stats=stats,
+            eta=eta,
         )
-        if self._status is None:
-            self._status = self.err.status(text)
-            self._status.start()
-        else:
-            self._status.update(text)
 
     def stop_live(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     # --- output ----------------------------------------------------------------------
 
     def emit(self, event_type: str, /, **fields: Any) -> None:
         """One JSON line (``--json`` only)."""
         if self.json:
-            print(json.dumps({"type": event_type, **fields}), flush=True)
+            print(json.dumps({"type": event_type, **fields}), file=self.stream, flush=True)
 
     def warning(self, path: bytes, message: str) -> None:
+        if self.record is not None:
+            self.record.note_warning(_text(path), message)
         if self.json:
             self.emit("warning", path=_text(path), message=message)
-        else:  # shown even with --quiet: a run with warnings is not a plain success
-            self.stop_live()
-            print(f"warning: {_text(path)}: {message}", file=sys.stderr)
+            return
+        # shown even with --quiet: a run with warnings is not a plain success
+        line = f"warning: {_text(path)}: {message}"
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def line(self, text: str) -> None:
         """A line of normal output (suppressed by --quiet and --json)."""
         if not self.json and not self.quiet:
             self.stop_live()
-            print(text)
+            print(text, file=self.stream)
 
     def table(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
         if self.json:
@@ -109,23 +309,24 @@ class Output:
         if self.quiet:
             return
         widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns}
-        print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+        print("  ".join(c.ljust(widths[c]) for c in columns).rstrip(), file=self.stream)
         for r in rows:
-            print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
+            print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip(), file=self.stream)
 
     def summary(self, text: str, **fields: Any) -> None:
         self.stop_live()
+        if self.record is not None:
+            self.record.note_summary(fields)
         if self.json:
             self.emit("summary", **fields)
         elif not self.quiet:
-            print(text)
+            print(text, file=self.stream, flush=True)
 
     def error(self, message: str, code: int) -> None:
+        """One line on stderr (in ``--json`` mode one JSON line instead, on the JSON
+        stream, plus the plain line on stderr when that is another stream)."""
         self.stop_live()
-        if self.json:
-            self.emit("error", message=message, exit_code=code)
-        print(f"blanket: error: {message}", file=sys.stderr)
-
-
-def path_text(path: bytes) -> str:
-    return _text(path)
+        message = " ".join(message.split())  # an error is always one line
+        self.emit("error", message=message, exit_code=code)
+        if not (self.json and self.stream is sys.stderr):
+            print(f"blanket: error: {message}", file=sys.stderr, flush=True)

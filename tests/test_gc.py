@@ -146,7 +146,7 @@ def test_gc_dry_run_changes_nothing_and_gc_frees_refreshed_layers(
     (src / "keep.txt").write_bytes(os.urandom(20_000))
     (src / "churn.bin").write_bytes(os.urandom(50_000))
     run_backup(repo, str(src), BackupOptions())
-    for n in range(3):
+    for _ in range(3):
         (src / "churn.bin").write_bytes(os.urandom(50_000))
         run_backup(Repository.open(LocalBackend(repo_url), keyring.home), str(src), BackupOptions())
     before = sorted(p.name for p in Path(repo_url).rglob("*"))

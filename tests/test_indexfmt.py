@@ -54,6 +54,8 @@ def test_entry_line_round_trips(
 ) -> None:
     if kind == model.DELETED:
         e = Entry(kind, path, since=mtime)
+    elif kind == model.LOST:
+        e = Entry(kind, path, since=mtime, until=mtime + 5)
     else:
         e = Entry(
             kind,

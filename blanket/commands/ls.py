@@ -7,10 +7,9 @@ import argparse
 from blanket import model
 from blanket.commands.common import at, open_repo
 from blanket.errors import EXIT_OK, UsageError
-from blanket.merge import replay
 from blanket.restore.plan import select
 from blanket.ui import Output, path_text
-from blanket.units import show_time
+from blanket.units import human_size, show_time
 
 HELP = "list the tree as replay gives it"
 
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     layer, when = at(args.at)
     top = model.normalize_user_path(args.path)
     found = False
-    for item in select(replay(repo.layer_streams(up_to_layer=layer), at=when), [top]):
+    for item in select(repo.tree(layer=layer, when=when), [top]):
         e = item.entry
         if not model.is_within(e.path, top):
             continue
@@ -44,7 +43,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             )
         else:
             when_text = show_time(e.mtime_ns)
-            out.line(f"{e.kind} {e.mode:04o} {e.size:>12} {when_text}  {path_text(e.path)}")
+            size = human_size(e.size) if e.kind == model.FILE else "-"
+            out.line(f"{e.kind} {e.mode:04o} {size:>10} {when_text}  {path_text(e.path)}")
     if not found and top != model.ROOT:
         raise UsageError(f"{args.path} is not in the backup at that point")
     return EXIT_OK

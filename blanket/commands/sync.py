@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from blanket.backends import open_backend
-from blanket.commands.common import gnupghome, passphrase
+from blanket.commands.common import backend_for, gnupghome, passphrase
 from blanket.errors import EXIT_OK
 from blanket.repo import Repository
 from blanket.sync import sync
@@ -21,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    src = Repository.open(open_backend(args.source), gnupghome(args), passphrase(args))
-    result = sync(src, open_backend(args.target))
+    src = Repository.open(backend_for(args, args.source), gnupghome(args), passphrase(args))
+    result = sync(src, backend_for(args, args.target))
     out.summary(
         f"{args.target}: {result.commits_copied} commit(s) copied, "
         f"{result.data_repaired} damaged object(s) replaced, "

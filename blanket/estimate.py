@@ -95,7 +95,7 @@ def previous_pass(repo: Repository) -> Marks | None:
     """The summary of the last complete layer (``repo.headers`` must be fresh), from the
     cache when it is about that layer, else computed and cached; None before any pass
     completed."""
-    done = [h for h in repo.headers if h.complete]
+    done = [h for h in repo.packs if h.complete]
     if not done:
         return None
     last = done[-1]
@@ -113,9 +113,9 @@ def previous_pass(repo: Repository) -> Marks | None:
 
 def resume_point(repo: Repository) -> bytes | None:
     """Where the next backup run starts on the clock (None: at the beginning)."""
-    if not repo.headers or repo.headers[-1].complete:
+    if not repo.packs or repo.packs[-1].complete:
         return None
-    last = repo.headers[-1]
+    last = repo.packs[-1]
     pointer = last.clock_to
     progress = repo.state.load()
     if progress.scan_layer == last.layer and progress.scan_pointer:

@@ -89,9 +89,9 @@ def last_backup(repo: Repository, records: list[dict[str, Any]]) -> dict[str, An
 
 def coverage(repo: Repository, backup: dict[str, Any] | None) -> float | None:
     """The share of the tree the current pass has covered (None in the first pass)."""
-    if not repo.headers:
+    if not repo.packs:
         return None
-    last = repo.headers[-1]
+    last = repo.packs[-1]
     if last.complete:
         return 1.0
     if last.layer == 0:
@@ -128,8 +128,9 @@ def gather(repo: Repository, url: str, cap: int | None, now: float | None = None
             k: v for k, v in backup.get("figures", {}).items() if k != "warnings"
         }
         s.unreadable = list(backup.get("warnings", []))
-    if headers:
-        last = headers[-1]
+    packs = [h for h in headers if not h.gc_record]
+    if packs:
+        last = packs[-1]
         s.source = f"{last.source_host}:{last.source_path.decode('utf-8', 'backslashreplace')}"
         s.last_commit_time = last.created / 1e9
         s.age_seconds = max(now - s.last_commit_time, 0.0)

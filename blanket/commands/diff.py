@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     repo.refresh()
     if not repo.headers:
         raise UsageError("the repository has no commit yet; run 'blanket backup' first")
-    latest = repo.headers[-1].layer
+    latest = repo.packs[-1].layer
     old = tree(repo, args.since, latest - 1)
     new = tree(repo, args.until, None)
     tally = Tally()

@@ -7,4 +7,4 @@ cd "$here"
 .venv/bin/ruff check blanket backends restore tests benchmarks
 .venv/bin/ruff format --check blanket backends restore tests benchmarks
 bash scripts/typecheck.sh
-exec .venv/bin/pytest -q "$@"
+exec .venv/bin/pytest -q -n 2 "$@"

@@ -9,6 +9,8 @@ dies with ``os._exit`` at point i (no cleanup, no finally blocks), and the test 
 (a) right after the crash, a restore gives only correct files, and every file the store's
     committed indexes name;
 (b) after a resumed run, the restore equals the source.
+
+The points are tried with a stride of 2 (every one with BLANKET_EVERY_CRASH_POINT=1).
 """
 
 from __future__ import annotations
@@ -165,8 +167,13 @@ def test_a_crash_at_any_point_loses_at_most_the_pack_in_flight(
     assert _restore(s["url"], s["home"], tmp_path / "clean") == source
     assert points > 40, "too few crash points: is the counting hooked up?"
 
+    # Every other point, and always the last ones (the final commit and its bookkeeping):
+    # consecutive points are mostly the same step of the same commit, and the suite has
+    # a time budget. Set BLANKET_EVERY_CRASH_POINT=1 to try them all.
+    stride = 1 if os.environ.get("BLANKET_EVERY_CRASH_POINT") else 2
+    chosen = sorted(set(range(1, points + 1, stride)) | set(range(points - 4, points + 1)))
     crashed = 0
-    for i in range(1, points + 1):
+    for i in chosen:
         _reset(s)
         code = _child_backup(s["url"], s["home"], s["src"], i, count_file)
         assert code in (CRASHED, 0), f"crash point {i}: child exited {code}"
@@ -177,5 +184,5 @@ def test_a_crash_at_any_point_loses_at_most_the_pack_in_flight(
         assert set(after_crash) >= _committed_files(s["url"], s["home"]), f"point {i}"
         assert _child_backup(s["url"], s["home"], s["src"], None, count_file) == 0
         assert _restore(s["url"], s["home"], tmp_path / f"resumed{i}") == source, f"point {i}"
-    assert crashed == points
-    print(f"{points} crash points, all survived")
+    assert crashed == len(chosen)
+    print(f"{len(chosen)} of {points} crash points tried, all survived")

@@ -27,7 +27,7 @@ from blanket.events import FileRestored, Listener, Planned, RestoreProblem, igno
 from blanket.indexfmt import IndexHeader
 from blanket.merge import Located
 from blanket.model import Entry
-from blanket.packer import member_name, part_member_name
+from blanket.packer import member_name, part_member_name, tar_info
 from blanket.repo import Repository
 from blanket.restore.fetch import fetch_plaintext, members
 from blanket.restore.plan import Plan, missing_tops, select
@@ -193,27 +193,7 @@ class _Member:
 
 
 def _info(e: Entry) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(os.fsdecode(e.path))
-    ti.mode, ti.uid, ti.gid = e.mode, e.uid, e.gid
-    ti.uname = e.user.decode("utf-8", "surrogateescape")
-    ti.gname = e.group.decode("utf-8", "surrogateescape")
-    secs, ns = divmod(e.mtime_ns, 1_000_000_000)
-    ti.mtime = secs
-    if ns:
-        ti.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
-    kinds = {
-        model.DIR: tarfile.DIRTYPE,
-        model.SYMLINK: tarfile.SYMTYPE,
-        model.HARDLINK: tarfile.LNKTYPE,
-        model.FIFO: tarfile.FIFOTYPE,
-        model.CHARDEV: tarfile.CHRTYPE,
-        model.BLOCKDEV: tarfile.BLKTYPE,
-    }
-    ti.type = kinds.get(e.kind, tarfile.REGTYPE)
-    if e.kind in (model.SYMLINK, model.HARDLINK):
-        ti.linkname = os.fsdecode(e.target)
-    ti.devmajor, ti.devminor = e.rdev_major, e.rdev_minor
-    return ti
+    return tar_info(e, os.fsdecode(e.path))
 
 
 class _TarJob:

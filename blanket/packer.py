@@ -42,6 +42,36 @@ def part_member_name(path: bytes, offset: int) -> str:
     return f"{PARTS}/{os.fsdecode(path)}/{offset:016d}"
 
 
+TAR_TYPES = {
+    model.DIR: tarfile.DIRTYPE,
+    model.SYMLINK: tarfile.SYMTYPE,
+    model.HARDLINK: tarfile.LNKTYPE,
+    model.FIFO: tarfile.FIFOTYPE,
+    model.CHARDEV: tarfile.CHRTYPE,
+    model.BLOCKDEV: tarfile.BLKTYPE,
+}
+
+
+def tar_info(e: Entry, name: str) -> tarfile.TarInfo:
+    """A tar header for ``e`` named ``name``: type, mode, owner, mtime to the
+    nanosecond (PAX), link target (a symlink's text; a hard link's path as is, to be
+    renamed by the caller) and device numbers."""
+    ti = tarfile.TarInfo(name)
+    ti.type = TAR_TYPES.get(e.kind, tarfile.REGTYPE)
+    ti.mode = e.mode
+    ti.uid, ti.gid = e.uid, e.gid
+    ti.uname = e.user.decode("utf-8", "surrogateescape")
+    ti.gname = e.group.decode("utf-8", "surrogateescape")
+    secs, ns = divmod(e.mtime_ns, 1_000_000_000)
+    ti.mtime = secs
+    if ns:
+        ti.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
+    if e.kind in (model.SYMLINK, model.HARDLINK):
+        ti.linkname = os.fsdecode(e.target)
+    ti.devmajor, ti.devminor = e.rdev_major, e.rdev_minor
+    return ti
+
+
 @dataclass(frozen=True)
 class SealedPack:
     """A finished pack in the local spool, ready to upload."""
@@ -120,18 +150,6 @@ class PackWriter:
         ingested, consumed, _ = self._zc.frame_progression()
         return int(self._counter.count + ingested - consumed)
 
-    def _info(self, e: Entry, name: str) -> tarfile.TarInfo:
-        ti = tarfile.TarInfo(name)
-        ti.mode = e.mode
-        ti.uid, ti.gid = e.uid, e.gid
-        ti.uname = e.user.decode("utf-8", "surrogateescape")
-        ti.gname = e.group.decode("utf-8", "surrogateescape")
-        secs, ns = divmod(e.mtime_ns, 1_000_000_000)
-        ti.mtime = secs
-        if ns:
-            ti.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
-        return ti
-
     def _add(self, ti: tarfile.TarInfo, data: io.RawIOBase | None = None) -> None:
         self._tar.addfile(ti, data)
         self._tar.getmembers().clear()  # TarFile keeps every header it wrote: memory per file
@@ -139,20 +157,9 @@ class PackWriter:
     def add_meta(self, e: Entry) -> None:
         """Add an entry that has no content: directory, symlink, hard link, special, marker."""
         if e.kind != model.DELETED:
-            ti = self._info(e, member_name(e.path))
-            ti.type = {
-                model.DIR: tarfile.DIRTYPE,
-                model.SYMLINK: tarfile.SYMTYPE,
-                model.HARDLINK: tarfile.LNKTYPE,
-                model.FIFO: tarfile.FIFOTYPE,
-                model.CHARDEV: tarfile.CHRTYPE,
-                model.BLOCKDEV: tarfile.BLKTYPE,
-            }[e.kind]
-            if e.kind == model.SYMLINK:
-                ti.linkname = os.fsdecode(e.target)
-            elif e.kind == model.HARDLINK:
+            ti = tar_info(e, member_name(e.path))
+            if e.kind == model.HARDLINK:
                 ti.linkname = member_name(e.target)
-            ti.devmajor, ti.devminor = e.rdev_major, e.rdev_minor
             self._add(ti)
         self.entries.append(e)
 
@@ -181,7 +188,7 @@ class PackWriter:
 
         if e.sparse:
             header = _sparse_map(e.sparse, e.size)
-            ti = self._info(e, _sparse_dummy_name(e.path))
+            ti = tar_info(e, _sparse_dummy_name(e.path))
             ti.pax_headers = {
                 **ti.pax_headers,
                 "GNU.sparse.major": "1",
@@ -192,7 +199,7 @@ class PackWriter:
             ti.size = len(header) + stored
             body: Iterator[bytes] = _prepend(header, hashed())
         else:
-            ti = self._info(e, member_name(e.path))
+            ti = tar_info(e, member_name(e.path))
             ti.size = stored
             body = hashed()
         self._add(ti, _ChunkReader(body))
@@ -218,7 +225,7 @@ class PackWriter:
                 digest.update(chunk)
                 yield chunk
 
-        ti = self._info(e, part_member_name(e.path, e.offset))
+        ti = tar_info(e, part_member_name(e.path, e.offset))
         ti.size = e.length
         body = hashed()
         self._add(ti, _ChunkReader(body))

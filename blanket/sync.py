@@ -20,6 +20,7 @@ from blanket.chain import index_key
 from blanket.errors import AlreadyExists, BlanketError, IntegrityError
 from blanket.indexfmt import IndexHeader
 from blanket.repo import CONFIG_KEY, Repository, put_index
+from blanket.restore.fetch import HashingSink
 from blanket.verify import check_object
 
 
@@ -29,16 +30,6 @@ class SyncResult:
     data_repaired: int = 0
     bytes_copied: int = 0
     created: bool = False
-
-
-class _Hashing:
-    def __init__(self, sink: object) -> None:
-        self.sink = sink
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.sink.write(data)  # type: ignore[attr-defined, no-any-return]
 
 
 def _adopt(src: Repository, dst: Backend) -> bool:
@@ -75,7 +66,7 @@ def _copy_data(src: Repository, dst: Backend, h: IndexHeader, workdir: str) -> i
     fd, tmp = tempfile.mkstemp(prefix="sync-", dir=workdir)
     try:
         with os.fdopen(fd, "wb") as f:
-            hashing = _Hashing(f)
+            hashing = HashingSink(f)
             size = download_to(src.backend, h.data_key, hashing)  # type: ignore[arg-type]
         if size != h.data_size or hashing.digest.hexdigest() != h.data_sha256:
             raise IntegrityError(

@@ -29,7 +29,7 @@ from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
 from blanket.packer import INDEX_MEMBER, member_name, part_member_name
 from blanket.repo import Repository
-from blanket.restore.fetch import fetch_plaintext, members
+from blanket.restore.fetch import HashingSink, fetch_plaintext, members
 
 
 @dataclass
@@ -39,15 +39,6 @@ class VerifyReport:
     packs_read: int = 0
     leftovers: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
-
-
-class _Hasher:
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return len(data)
 
 
 def check_object(backend: Backend, h: IndexHeader) -> str | None:
@@ -64,7 +55,7 @@ def check_object(backend: Backend, h: IndexHeader) -> str | None:
         if info.checksum_sha256 != h.data_sha256:
             return "has another SHA-256 than its index records (damaged or swapped)"
     elif backend.cheap_reads:
-        hasher = _Hasher()
+        hasher = HashingSink()
         download_to(backend, h.data_key, hasher)  # type: ignore[arg-type]
         if hasher.digest.hexdigest() != h.data_sha256:
             return "has another SHA-256 than its index records (damaged or swapped)"

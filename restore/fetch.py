@@ -26,10 +26,11 @@ from blanket.indexfmt import IndexHeader
 CHUNK = 1 << 20
 
 
-class _Hashing:
-    """A write-only file that hashes and stores what passes through it."""
+class HashingSink:
+    """A write-only file that hashes, counts and (given a ``sink``) stores what passes
+    through it."""
 
-    def __init__(self, sink: BinaryIO) -> None:
+    def __init__(self, sink: BinaryIO | None = None) -> None:
         self.sink = sink
         self.digest = hashlib.sha256()
         self.size = 0
@@ -37,7 +38,7 @@ class _Hashing:
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.sink.write(data)
+        return self.sink.write(data) if self.sink is not None else len(data)
 
 
 @dataclass
@@ -80,7 +81,7 @@ def fetch_plaintext(backend: Backend, gpg: Gpg, header: IndexHeader, workdir: st
     fd, enc_path = tempfile.mkstemp(prefix="enc-", dir=workdir)
     try:
         with os.fdopen(fd, "wb") as f:
-            hashing = _Hashing(f)
+            hashing = HashingSink(f)
             download_to(backend, key, hashing)  # type: ignore[arg-type]
         if hashing.size != header.data_size or hashing.digest.hexdigest() != header.data_sha256:
             raise IntegrityError(

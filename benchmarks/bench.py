@@ -19,14 +19,26 @@ of store objects read (atime of every store object is reset before the restore; 
 objects whose atime moved were read, counted whole: exact for blanket, which downloads
 whole packs, an upper bound for restic, which reads ranges of packs).
 
+Peak RSS is taken through a small launcher process, because ``ru_maxrss`` starts from the
+RSS of the process a command was forked from (about 9 MiB is the floor). All figures are
+warm-cache figures (the corpus is read once before the first step). blanket runs from a
+snapshot of its source copied into the work directory at the start, so a tree being edited
+meanwhile does not change what is measured. ``--micro`` also times the pipeline's parts
+alone and two design probes (a tar stream from Python into ``zstd`` and ``gpg`` processes,
+and its reverse); ``--pack-sizes`` adds full backups and subtree restores at other pack
+sizes; ``--profile`` adds cProfile'd runs of backup, no-change rerun and restore with a
+summary. On a shared machine, ``--nice -15`` (as root; it sets the session's autogroup
+too) keeps other processes' CPU use out of the figures, and ``--repeat N`` keeps the
+fastest of N runs; the "others' cores" and "runq wait" columns show what noise remained.
+
 ``--million`` creates 1,000,000 tiny files (``--files N`` for fewer) and reports wall time
 and peak RSS of blanket's backup, no-change rerun and restore (and restic's).
 
-    .venv/bin/python benchmarks/bench.py [--scale 1.0] [--keep] [--no-restic] [--profile]
+    .venv/bin/python benchmarks/bench.py [--scale 1.0] [--repeat 2] [--micro] [--profile]
     .venv/bin/python benchmarks/bench.py --million [--files 1000000]
 
 Partial results are printed if a step fails; the work directory is removed at the end
-unless ``--keep``.
+unless ``--keep``. docs/performance.md has the results and the exact commands.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -319,6 +331,89 @@ for dirpath, dirs, files in os.walk(root):
         else:
             tar.addfile(info)
 tar.close()
+"""
+
+
+MICRO_PIPELINE = """
+# A design probe, not blanket: Python writes the tar stream (PAX headers from tarfile,
+# file data with os.write in 1 MiB blocks, SHA-256 of every file) into a pipe to a
+# 'zstd -3' process that pipes into 'gpg' (processes, not threads: no GIL in the data path).
+import hashlib, os, subprocess, sys, tarfile
+root, fpr, out = sys.argv[1], sys.argv[2], sys.argv[3]
+gpg = ["gpg", "--batch", "--yes", "--trust-model", "always", "--compress-algo", "none",
+       "--sign", "--encrypt", "-r", fpr, "-o", out]
+z = subprocess.Popen(["zstd", "-3", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+g = subprocess.Popen(gpg, stdin=z.stdout)
+z.stdout.close()
+fd = z.stdin.fileno()
+def put(b):
+    v = memoryview(b)
+    while v:
+        v = v[os.write(fd, v):]
+def walk(d):
+    with os.scandir(d) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        st = e.stat(follow_symlinks=False)
+        info = tarfile.TarInfo(os.path.relpath(e.path, root))
+        info.mtime, info.mode = st.st_mtime, st.st_mode & 0o7777
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.pax_headers = {"mtime": "%d.%09d" % divmod(st.st_mtime_ns, 10**9)}
+        if e.is_dir(follow_symlinks=False):
+            info.type = tarfile.DIRTYPE
+            put(info.tobuf(tarfile.PAX_FORMAT))
+            walk(e.path)
+        elif e.is_symlink():
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(e.path)
+            put(info.tobuf(tarfile.PAX_FORMAT))
+        elif e.is_file(follow_symlinks=False):
+            info.size = st.st_size
+            put(info.tobuf(tarfile.PAX_FORMAT))
+            h = hashlib.sha256()
+            f = os.open(e.path, os.O_RDONLY)
+            while b := os.read(f, 1 << 20):
+                h.update(b)
+                put(b)
+            os.close(f)
+            if st.st_size % 512:
+                put(bytes(512 - st.st_size % 512))
+walk(root)
+put(bytes(1024))
+z.stdin.close()
+assert z.wait() == 0 and g.wait() == 0
+"""
+
+MICRO_RESTORE = """
+# A design probe, not blanket: 'gpg -d | zstd -d' processes feed Python, which parses the
+# tar stream (tarfile, 1 MiB buffer) and writes every file under a temporary name (O_EXCL),
+# hashing it, sets its mode and mtime, then renames it into place (one thread).
+import hashlib, os, subprocess, sys, tarfile
+pack, dest = sys.argv[1], sys.argv[2]
+g = subprocess.Popen(["gpg", "--batch", "-q", "-d", pack], stdout=subprocess.PIPE)
+z = subprocess.Popen(["zstd", "-d", "-q", "-c"], stdin=g.stdout, stdout=subprocess.PIPE)
+g.stdout.close()
+n = 0
+with tarfile.open(fileobj=z.stdout, mode="r|", bufsize=1 << 20) as tar:
+    for m in tar:
+        path = os.path.join(dest, m.name)
+        if m.isdir():
+            os.makedirs(path, exist_ok=True)
+        elif m.issym():
+            os.symlink(m.linkname, path)
+        elif m.isreg():
+            tmp = os.path.join(os.path.dirname(path), ".tmp-%d" % n)
+            n += 1
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            h = hashlib.sha256()
+            r = tar.extractfile(m)
+            while b := r.read(1 << 20):
+                h.update(b)
+                os.write(fd, b)
+            os.fchmod(fd, m.mode)
+            os.close(fd)
+            os.utime(tmp, (m.mtime, m.mtime))
+            os.rename(tmp, path)
+assert z.wait() == 0 and g.wait() == 0
 """
 
 
@@ -622,7 +717,7 @@ def fmt_mib(n: int | None) -> str:
     return "" if n is None else f"{n / MiB:,.1f}"
 
 
-def print_runs(runs: list[Run], out=sys.stdout) -> None:
+def print_runs(runs: list[Run], out: TextIO = sys.stdout) -> None:
     head = (
         "step",
         "tool",
@@ -665,8 +760,9 @@ def print_runs(runs: list[Run], out=sys.stdout) -> None:
     out.flush()
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    if not a or not b:
+def ratio(a: Any, b: Any) -> str:
+    """``a / b`` for two figures, "n/a" when either is missing (None, 0 or a failed run)."""
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not a or not b:
         return "n/a"
     return f"{a / b:.2f}"
 
@@ -687,7 +783,7 @@ def store_read_estimate(r: Run) -> int:
 
 
 def print_ratios(
-    runs: list[Run], extra: dict[str, float], out=sys.stdout
+    runs: list[Run], extra: dict[str, float], out: TextIO = sys.stdout
 ) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
 
@@ -1171,6 +1267,25 @@ class Bench:
                 data_bytes=c.bytes,
                 repeat=n,
             )
+        out = self.work / "probe.tar.zst.gpg"
+        self.step(
+            "probe: python tar+sha256 -> zstd process -> gpg process",
+            "reference",
+            [py, "-c", MICRO_PIPELINE, str(c.root), self.fpr, str(out)],
+            data_bytes=c.bytes,
+            repeat=n,
+        )
+        dest = self.work / "probe-restore"
+        self.step(
+            "probe: gpg -d | zstd -d processes -> python tar reader, temp+rename",
+            "reference",
+            [py, "-c", MICRO_RESTORE, str(out), str(dest)],
+            data_bytes=c.bytes,
+            repeat=n,
+            before=lambda i: dest.mkdir(),
+            after=lambda i, r: shutil.rmtree(dest),
+        )
+        out.unlink(missing_ok=True)
         self.step(
             "micro: python tarfile + sha256 of every file, to a null sink",
             "reference",
@@ -1191,11 +1306,15 @@ class Bench:
                 check=True,
                 capture_output=True,
             )
+
+            def same_env(i: int, env: dict[str, str] = env) -> dict[str, str]:
+                return env
+
             r = self.step(
                 f"full backup --pack-size {size}",
                 "blanket",
                 self.bl("backup", "--repo", str(repo), "--pack-size", size, "--json", str(c.root)),
-                env=lambda i, env=env: env,
+                env=same_env,
                 data_bytes=c.bytes,
             )
             r.repo_bytes = tree_bytes(repo)
@@ -1206,7 +1325,7 @@ class Bench:
                 f"subtree restore --pack-size {size}",
                 "blanket",
                 self.bl("restore", "--repo", str(repo), "--to", str(dest), "--json", c.subtree),
-                env=lambda i, env=env: env,
+                env=same_env,
                 data_bytes=c.subtree_bytes,
             )
             r.store_read = reads.read()
@@ -1359,7 +1478,7 @@ def summarize_profile(prof: Path, run: Run, top: int = 30) -> None:
     print(buf.getvalue())
     total = max(st.total_tt, 1e-9)  # type: ignore[attr-defined]
 
-    def tt(pred) -> tuple[float, int]:
+    def tt(pred: Callable[[str, str], bool]) -> tuple[float, int]:
         t = n = 0
         for (file, _line, func), (_cc, nc, tottime, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
             if pred(file, func):
@@ -1477,7 +1596,7 @@ def million(opts: argparse.Namespace, work: Path) -> None:
 
         def restic_part() -> None:
             rrepo = work / "restic-repo"
-            base = [b.restic, "-r", str(rrepo)]
+            base = [str(b.restic), "-r", str(rrepo)]
             subprocess.run(
                 [*base, "init", *opts.restic_init.split()],
                 env=b.env,
@@ -1531,7 +1650,7 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="also run a cProfile'd blanket backup and summarize it",
+        help="also run cProfile'd blanket backup, rerun and restore and summarize them",
     )
     ap.add_argument(
         "--ref-gpg-default",

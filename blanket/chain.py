@@ -120,7 +120,7 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
             f"{progress.last_seq} (the store has rolled back)",
         )
     cached = set(repo.state.cached_seqs())
-    found: dict[int, tuple[IndexHeader, bytes]] = {}
+    found: dict[int, tuple[IndexHeader, str]] = {}  # header and plaintext hash, not text
     for seq in sorted(on_store):
         header = None
         plain = b""
@@ -136,7 +136,7 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
             except IntegrityError as exc:
                 problem(index_key(seq), str(exc))
                 continue
-        found[seq] = (header, plain)
+        found[seq] = (header, _sha(plain))
     removed = removed_by_gc(h for h, _ in found.values())
     for seq in removed & cached:
         repo.state.drop_index(seq)
@@ -148,13 +148,13 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
             if seq not in on_store:
                 problem(index_key(seq), "is missing from the store")
             continue
-        header, plain = found[seq]
+        header, digest = found[seq]
         if prev is not None and prev[0] == seq - 1 and header.prev_index_sha256 != prev[1]:
             problem(index_key(seq), f"does not chain to {index_key(seq - 1)} (replaced or forked)")
         if seq == 0 and header.prev_index_sha256:
             problem(index_key(seq), "claims a predecessor but is the first commit")
         chain.headers.append(header)
-        prev = (seq, _sha(plain))
+        prev = (seq, digest)
     last = progress.last_seq
     known = last in {h.seq for h in chain.headers}
     if known and _sha(repo.state.index_path(last).read_bytes()) != progress.last_index_sha256:

@@ -574,10 +574,7 @@ class S3Backend(Backend):
                 if self._drop_capability(exc, conditional, checksum):
                     continue
                 raise
-            if conditional:
-                self.conditional_writes = True
-            elif if_absent:
-                self._check_read_back(key, resp)
+            self._stored(key, resp, conditional=conditional, if_absent=if_absent)
             return
 
     def _put_multipart(self, key: str, parts: Iterator[bytes], if_absent: bool) -> None:
@@ -638,11 +635,16 @@ class S3Backend(Backend):
                 if self._drop_capability(exc, conditional, False):
                     continue
                 raise
-            if conditional:
-                self.conditional_writes = True
-            elif if_absent:
-                self._check_read_back(key, resp)
+            self._stored(key, resp, conditional=conditional, if_absent=if_absent)
             return
+
+    def _stored(self, key: str, resp: Any, *, conditional: bool, if_absent: bool) -> None:
+        """After a put the store accepted: a conditional one proves the store supports
+        them; an if-absent one made without that is checked by reading it back."""
+        if conditional:
+            self.conditional_writes = True
+        elif if_absent:
+            self._check_read_back(key, resp)
 
     def _abort(self, key: str, upload_id: str, exc: BaseException) -> None:
         """Abort a failed multipart upload; if that fails too, say so on ``exc`` (which the

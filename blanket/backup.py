@@ -14,7 +14,9 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from blanket import model, reading, scan
@@ -36,7 +38,7 @@ from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import PackWriter
+from blanket.packer import PackWriter, Sealing, inner_index
 from blanket.repo import Repository
 from blanket.walker import walk
 
@@ -110,6 +112,77 @@ def _check_source(repo: Repository, source: bytes, host: str) -> None:
         )
 
 
+@dataclass
+class _Sealed:
+    """A pack handed to the committer, with what to record once it is committed."""
+
+    sealing: Sealing
+    header: IndexHeader
+    entries: list[Entry]
+    links: dict[tuple[int, int], bytes]
+
+
+class _Committer:
+    """Commits sealed packs in clock order on one background thread, while the run goes
+    on building the next pack. At most ``depth`` packs wait or commit at once.
+
+    After a pack is committed (data, then index), the same thread records the clock
+    pointer (the pack's ``clock-to``) and the hard-link groups met up to it in the
+    local state and renews the lease, so the local state never runs ahead of the
+    store. If a commit fails, every later one is refused: a pack must never be
+    committed after a gap in the clock. The run thread collects finished commits with
+    ``done()`` (which raises what a commit raised).
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[_Sealed], IndexHeader],
+        record: Callable[[IndexHeader, _Sealed], None],
+        depth: int = 2,
+    ) -> None:
+        self._commit = commit
+        self._record = record
+        self._depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blanket-commit")
+        self._queue: deque[Future[IndexHeader]] = deque()
+        self._failed = False
+
+    def submit(self, sealed: _Sealed) -> list[IndexHeader]:
+        """Queue ``sealed``; returns the commits finished meanwhile (waiting for the
+        oldest when ``depth`` are already queued)."""
+
+        def job() -> IndexHeader:
+            if self._failed:
+                sealed.sealing.abort()
+                raise BlanketError("not committed: an earlier pack of this run failed")
+            try:
+                final = self._commit(sealed)
+                self._record(final, sealed)
+                return final
+            except BaseException:
+                self._failed = True
+                raise
+
+        finished = self.done(wait_for=len(self._queue) - self._depth + 1)
+        self._queue.append(self._pool.submit(job))
+        return finished
+
+    def done(self, *, wait_for: int = 0) -> list[IndexHeader]:
+        """Commits finished so far, in order; waits for the oldest ``wait_for`` of those
+        queued (all of them with ``wait_for=-1``)."""
+        out: list[IndexHeader] = []
+        if wait_for < 0:
+            wait_for = len(self._queue)
+        while self._queue and (wait_for > 0 or self._queue[0].done()):
+            out.append(self._queue.popleft().result())
+            wait_for -= 1
+        return out
+
+    def close(self) -> None:
+        """Let queued commits finish (each is whole or not at all), then stop."""
+        self._pool.shutdown(wait=True)
+
+
 class _Run:
     """The state of one run; ``go`` does the work."""
 
@@ -144,6 +217,8 @@ class _Run:
         self.stopping = False
         self.expire_below = current_expire_below(repo.headers)
         self.shown_at = 0.0  # when a Position event was last sent
+        self.seq = repo.next_seq()  # of the next pack this run seals
+        self.committer = _Committer(self.commit, self.record)
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
         """Parts of a split file committed by a run that stopped inside that file: they
@@ -332,44 +407,76 @@ class _Run:
             or time.monotonic() - self.pack_started >= self.opts.pack_seconds
         )
 
-    def seal(self, *, complete: bool) -> None:
+    def seal(self, *, complete: bool, wait: bool = False) -> None:
+        """Finish the pack in hand and queue it for commit; ``wait`` until everything
+        queued is committed."""
         pack = self.writer() if complete else self.pack
-        if pack is None:
-            return
-        header = IndexHeader(
-            repository=self.repo.config.id,
-            seq=self.repo.next_seq(),
-            layer=self.pos.layer,
-            layer_pack=self.pos.layer_pack,
-            full=self.pos.layer == 0,
-            clock_from=self.pack_from,
-            clock_to=self.last_path if self.last_path is not None else model.ROOT,
-            complete=complete,
-            created=self.now(),
-            source_host=self.host,
-            source_path=self.source,
-            entries=len(pack.entries),
-            prev_index_sha256=self.repo.last_hash(),
-            expire_below=self.expire_below,
-        )
-        sealed = pack.seal(render_index(header, pack.entries, with_data=False))
-        self.pack = None
-        final = self.repo.commit(sealed, header, pack.entries)
-        self.pos.layer_pack += 1
-        self.pack_from = self.last_path
-        self.result.packs += 1
-        self.listener(
-            PackCommitted(final.seq, final.layer, final.entries, final.data_size, final.clock_to)
-        )
-        self.save_scan()
+        if pack is not None:
+            self.pack = None
+            header = IndexHeader(
+                repository=self.repo.config.id,
+                seq=self.seq,
+                layer=self.pos.layer,
+                layer_pack=self.pos.layer_pack,
+                full=self.pos.layer == 0,
+                clock_from=self.pack_from,
+                clock_to=self.last_path if self.last_path is not None else model.ROOT,
+                complete=complete,
+                created=self.now(),
+                source_host=self.host,
+                source_path=self.source,
+                entries=len(pack.entries),
+                prev_index_sha256="",  # filled in at commit; not in the pack's copy
+                expire_below=self.expire_below,
+            )
+            sealing = pack.finish(inner_index(render_index(header, pack.entries, with_data=False)))
+            self.seq += 1
+            self.pos.layer_pack += 1
+            self.pack_from = self.last_path
+            links = dict(self.links) if self.links else {}
+            sealed = _Sealed(sealing, header, pack.entries, links)
+            self.committed(self.committer.submit(sealed))
+        if wait:
+            self.committed(self.committer.done(wait_for=-1))
+
+    def commit(self, sealed: _Sealed) -> IndexHeader:
+        """On the committer thread: wait for gpg, then store the pack and its index."""
+        if self.repo.next_seq() != sealed.header.seq:
+            sealed.sealing.abort()
+            raise BlanketError(f"internal error: pack {sealed.header.seq} out of order")
+        return self.repo.commit(sealed.sealing.wait(), sealed.header, sealed.entries)
+
+    def record(self, final: IndexHeader, sealed: _Sealed) -> None:
+        """On the committer thread, after a commit: the clock pointer and link groups."""
+        self.save_scan(pointer=final.clock_to, links=sealed.links)
         self.on_commit()
 
-    def save_scan(self, *, done: bool = False) -> None:
-        links = {} if done else {k: escape(v) for k, v in self.links.items()}
-        self.repo.state.save_links(self.pos.layer, links)
+    def committed(self, finals: list[IndexHeader]) -> None:
+        """On the run thread: count and announce commits the committer finished."""
+        for final in finals:
+            self.result.packs += 1
+            self.listener(
+                PackCommitted(
+                    final.seq, final.layer, final.entries, final.data_size, final.clock_to
+                )
+            )
+
+    def save_scan(
+        self,
+        *,
+        done: bool = False,
+        pointer: bytes | None = None,
+        links: dict[tuple[int, int], bytes] | None = None,
+    ) -> None:
+        """Record in the local state how far the pass got (the last path, or
+        ``pointer``) and the hard-link groups met so far (or ``links``)."""
+        links = self.links if links is None else links
+        pointer = self.last_path if pointer is None else pointer
+        saved = {} if done else {k: escape(v) for k, v in links.items()}
+        self.repo.state.save_links(self.pos.layer, saved)
         progress = self.repo.state.load()
         progress.scan_layer = self.pos.layer
-        progress.scan_pointer = "" if done or self.last_path is None else escape(self.last_path)
+        progress.scan_pointer = "" if done or pointer is None else escape(pointer)
         self.repo.state.save(progress)
 
     def out_of_budget(self) -> bool:
@@ -408,22 +515,24 @@ class _Run:
                     self.last_path = change.path
                 if self.due():
                     self.seal(complete=False)
+                else:
+                    self.committed(self.committer.done())
                 if time.monotonic() - self.shown_at >= 0.1 and self.last_path is not None:
                     self.shown_at = time.monotonic()
                     self.listener(Position(self.last_path))
                 if self.stopping or self.out_of_budget():
                     self.result.stopped_early = True
-                    self.seal(complete=False)
+                    self.seal(complete=False, wait=True)
                     self.save_scan()
                     break
             else:
-                if self.pack is not None or self.pos.layer_pack > 0:
-                    self.seal(complete=True)
+                self.seal(complete=self.pack is not None or self.pos.layer_pack > 0, wait=True)
                 self.result.complete = True
                 self.save_scan(done=True)
         finally:
             if self.pack is not None:
                 self.pack.abort()
+            self.committer.close()
         self.result.pointer = self.last_path
         self.result.coverage = self.coverage()
         return self.result

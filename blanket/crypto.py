@@ -11,9 +11,10 @@ the passphrase and gpg's modification detection (MDC), which gpg enforces.
 from __future__ import annotations
 
 import os
-import threading
+import subprocess
+import tempfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import gnupg
 
@@ -106,6 +107,11 @@ class Gpg:
         self.key = key
         self._gpg = _gpg(gnupghome)
 
+    @property
+    def raw(self) -> Any:
+        """The python-gnupg handle (for its command line: home, keyring, options)."""
+        return self._gpg
+
     def _encrypt_args(self) -> dict[str, Any]:
         if self.key.mode == SYMMETRIC:
             return {"recipients": None, "symmetric": _CIPHER, "passphrase": self.key.passphrase}
@@ -115,15 +121,6 @@ class Gpg:
             "always_trust": True,
             "passphrase": self.key.passphrase,
         }
-
-    def encrypt_stream(self, src: BinaryIO, out_path: str, *, compress: bool = False) -> None:
-        """Encrypt (and sign) everything readable from ``src`` into the file ``out_path``."""
-        extra = ["--yes"] + ([] if compress else ["--compress-algo", "none"])
-        result = self._gpg.encrypt_file(
-            src, armor=False, output=out_path, extra_args=extra, **self._encrypt_args()
-        )
-        if not result.ok:
-            raise CryptoError(f"gpg could not encrypt: {_reason(result)}")
 
     def encrypt_bytes(self, data: bytes) -> bytes:
         result = self._gpg.encrypt(data, armor=False, **self._encrypt_args())
@@ -210,41 +207,84 @@ def _remove(path: str) -> None:
         pass
 
 
-class PipeEncryptor:
-    """A write-end file whose bytes gpg encrypts into ``out_path`` on a helper thread.
+class EncryptProcess:
+    """One gpg process that encrypts (and signs) what is written to ``fd`` into the file
+    ``out_path``.
 
-    ``write`` what should be encrypted, then ``close()``: it waits for gpg and raises
-    what gpg (or the thread) raised. ``abort()`` stops without producing output.
+    The bytes go straight from our ``os.write`` to gpg's stdin, with no Python thread
+    copying them, so gpg runs on the other core while the interpreter goes on. ``write``
+    the plaintext, then ``finish()``: it waits for gpg and raises if gpg did not report a
+    finished encryption (and, in public-key mode, a signature). ``abort()`` stops gpg and
+    removes the output.
     """
 
     def __init__(self, gpg: Gpg, out_path: str) -> None:
-        read_fd, write_fd = os.pipe()
-        self._reader = os.fdopen(read_fd, "rb")
-        self.sink: BinaryIO = os.fdopen(write_fd, "wb")
-        self._error: BaseException | None = None
-        self._out_path = out_path
+        self.out_path = out_path
+        key = gpg.key
+        self.symmetric = key.mode == SYMMETRIC
+        args = ["--yes", "--compress-algo", "none", "--output", out_path]
+        if self.symmetric:
+            args = ["--symmetric", "--cipher-algo", _CIPHER, *args]
+        else:
+            args = ["--encrypt", "--recipient", key.fingerprint, "--sign", "--default-key",
+                    key.fingerprint, "--trust-model", "always", *args]  # fmt: skip
+        cmd = gpg.raw.make_args(args, key.passphrase is not None)
+        # gpg's status lines go to a file (never a pipe that could fill); closed in
+        # finish() or abort()
+        self._status = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._status
+            )
+        except OSError as exc:
+            self._status.close()
+            raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
+        assert self._proc.stdin is not None
+        self.fd = self._proc.stdin.fileno()
+        if key.passphrase is not None:  # --passphrase-fd 0: the first line, then the data
+            self.write(key.passphrase.encode("utf-8") + b"\n")
 
-        def run() -> None:
-            try:
-                gpg.encrypt_stream(self._reader, out_path)
-            except BaseException as exc:  # handed to the caller in close()
-                self._error = exc
-            finally:
-                self._reader.close()
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except BrokenPipeError:
+            raise CryptoError(f"gpg stopped while encrypting: {self._reason()}") from None
 
-        self._thread = threading.Thread(target=run, name="gpg-encrypt", daemon=True)
-        self._thread.start()
+    def finish(self) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = self._proc.wait()
+        self._status.seek(0)
+        text = self._status.read().decode("utf-8", "replace")
+        self._status.close()
+        status = [ln[9:] for ln in text.splitlines() if ln.startswith("[GNUPG:] ")]
+        signed = any(s.startswith("SIG_CREATED ") for s in status)
+        if code != 0 or "END_ENCRYPTION" not in status or not (signed or self.symmetric):
+            _remove(self.out_path)
+            raise CryptoError(f"gpg could not encrypt: {_last_message(text, code)}")
 
-    def close(self) -> None:
-        self.sink.close()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+    def _reason(self) -> str:
+        code = self._proc.wait()
+        self._status.seek(0)
+        return _last_message(self._status.read().decode("utf-8", "replace"), code)
 
     def abort(self) -> None:
+        self._proc.kill()
         try:
-            self.sink.close()
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
         except OSError:
             pass
-        self._thread.join()
-        _remove(self._out_path)
+        self._proc.wait()
+        self._status.close()
+        _remove(self.out_path)
+
+
+def _last_message(stderr: str, code: int) -> str:
+    lines = [ln.removeprefix("gpg: ") for ln in stderr.splitlines() if ln.startswith("gpg: ")]
+    return lines[-1].strip() if lines else f"exit status {code}"

@@ -1,33 +1,32 @@
 """Write one pack: a PAX tar of entries, compressed with zstd, encrypted and signed by gpg.
 
-The bytes flow tar -> zstd -> a pipe -> gpg -> a spool file, with gpg running as its own
-process so compression and encryption overlap. Member names are ``tree`` for the source
-root and ``tree/<path>`` for everything else; the pack's own index is the last member,
-``index.txt``. Sparse files use GNU tar's PAX sparse format 1.0, so ``tar -x`` recreates
-their holes. See docs/format.md.
+The bytes flow tar -> zstd (its own worker thread) -> a pipe -> gpg (its own process) ->
+a spool file, so reading, compression and encryption overlap. Member names are ``tree``
+for the source root and ``tree/<path>`` for everything else; the pack's own index is the
+last member, ``index.txt``. Sparse files use GNU tar's PAX sparse format 1.0, so
+``tar -x`` recreates their holes. See docs/format.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import BinaryIO, cast
 
 import zstandard
 
 from blanket import model
-from blanket.crypto import Gpg, PipeEncryptor
+from blanket.crypto import EncryptProcess, Gpg
 from blanket.model import Entry
 
 TREE = "tree"
 PARTS = "parts"
 INDEX_MEMBER = "index.txt"
 CHUNK = 1 << 20
+BATCH = 1 << 20  # tar bytes gathered before each call into zstd
 
 
 def member_name(path: bytes) -> str:
@@ -72,6 +71,19 @@ def tar_info(e: Entry, name: str) -> tarfile.TarInfo:
     return ti
 
 
+def inner_index(index_text: bytes) -> bytes:
+    """The copy of an index that its pack holds: without the lines a pack cannot know
+    when it is sealed (its own data object's key, size and hash, and the hash of the
+    index before it, which may still be on its way to the store). Applied to a
+    committed index, it gives what its pack's ``index.txt`` must equal."""
+    head, _, body = index_text.partition(b"\n\n")
+    kept = [x for x in head.split(b"\n") if not x.startswith(_NOT_INSIDE)]
+    return b"\n".join(kept) + b"\n\n" + body
+
+
+_NOT_INSIDE = (b"data-", b"prev-index-sha256:")
+
+
 @dataclass(frozen=True)
 class SealedPack:
     """A finished pack in the local spool, ready to upload."""
@@ -81,78 +93,93 @@ class SealedPack:
     sha256: str
 
 
-class _Counter(io.RawIOBase):
-    """Counts the compressed bytes that pass towards gpg."""
+class Sealing:
+    """A pack whose input is complete while gpg may still be writing its last bytes:
+    ``wait()`` returns the spooled pack (its size and SHA-256), ``abort()`` drops it."""
 
-    def __init__(self, sink: BinaryIO) -> None:
-        self.sink = sink
-        self.count = 0
+    def __init__(self, proc: EncryptProcess) -> None:
+        self._proc = proc
 
-    def writable(self) -> bool:
-        return True
+    def wait(self) -> SealedPack:
+        self._proc.finish()
+        digest = hashlib.sha256()
+        size = 0
+        with open(self._proc.out_path, "rb") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+                size += len(block)
+        return SealedPack(self._proc.out_path, size, digest.hexdigest())
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self.sink.write(data)
-        n = len(data)
-        self.count += n
-        return n
-
-
-class _ChunkReader(io.RawIOBase):
-    """A read-only file over an iterator of chunks, for ``TarFile.addfile``."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buf) < size:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                break
-            self._buf += nxt
-        if size < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:size], self._buf[size:]
-        return out
+    def abort(self) -> None:
+        self._proc.abort()
 
 
 class PackWriter:
-    """Builds one pack in ``spool_dir``; ``add_*`` entries in clock order, then ``seal``."""
+    """Builds one pack in ``spool_dir``; ``add_*`` entries in clock order, then ``seal``.
 
-    def __init__(self, gpg: Gpg, spool_dir: str, *, level: int = 3) -> None:
+    The tar stream is built here (headers by ``tarfile.TarInfo``, file data written as
+    it is read), gathered into blocks of about a megabyte and handed to zstd, which
+    compresses on its own worker thread (``threads``; no GIL held); the compressed bytes
+    go by ``os.write`` into the stdin of one gpg process per pack, which writes the
+    spool file. So reading and hashing (here), compressing (zstd's thread) and signing
+    plus encrypting (gpg) run at the same time.
+    """
+
+    def __init__(self, gpg: Gpg, spool_dir: str, *, level: int = 3, threads: int = 1) -> None:
         fd, self.spool_path = tempfile.mkstemp(prefix="pack-", dir=spool_dir)
         os.close(fd)
-        self._enc = PipeEncryptor(gpg, self.spool_path)
-        self._counter = _Counter(self._enc.sink)
-        self._zc = zstandard.ZstdCompressor(level=level)
-        self._zw = self._zc.stream_writer(
-            cast(BinaryIO, self._counter), closefd=False, write_return_read=True
-        )
-        self._tar = tarfile.open(  # noqa: SIM115 - closed in seal()
-            fileobj=self._zw,
-            mode="w",
-            format=tarfile.PAX_FORMAT,
-            encoding="utf-8",
-            errors="surrogateescape",
-        )
+        self._gpg = EncryptProcess(gpg, self.spool_path)
+        self._zc = zstandard.ZstdCompressor(level=level, threads=threads)
+        self._z = self._zc.compressobj(size=-1)
+        self._buf = bytearray()
+        self._offset = 0  # bytes of tar stream so far
         self.entries: list[Entry] = []
         self.content_bytes = 0
 
     @property
     def packed_bytes(self) -> int:
-        """An estimate of the pack's size so far: the compressed bytes zstd has produced,
-        plus the input it still holds back (up to a block) at face value."""
-        ingested, consumed, _ = self._zc.frame_progression()
-        return int(self._counter.count + ingested - consumed)
+        """An estimate of the pack's size so far: what zstd has produced, plus the input
+        it still holds (and ours not yet handed over) at the ratio seen so far."""
+        ingested, consumed, produced = self._zc.frame_progression()
+        pending = ingested - consumed + len(self._buf)
+        ratio = produced / consumed if consumed else 1.0
+        return int(produced + pending * ratio)
 
-    def _add(self, ti: tarfile.TarInfo, data: io.RawIOBase | None = None) -> None:
-        self._tar.addfile(ti, data)
-        self._tar.getmembers().clear()  # TarFile keeps every header it wrote: memory per file
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes to the tar stream."""
+        self._offset += len(data)
+        if len(data) >= BATCH:
+            self._flush_buf()
+            self._compress(data)
+            return
+        self._buf += data
+        if len(self._buf) >= BATCH:
+            self._flush_buf()
+
+    def _flush_buf(self) -> None:
+        if self._buf:
+            self._compress(self._buf)
+            self._buf.clear()
+
+    def _compress(self, data: bytes | bytearray | memoryview) -> None:
+        out = self._z.compress(data)
+        if out:
+            self._gpg.write(out)
+
+    def _header(self, ti: tarfile.TarInfo) -> None:
+        self._put(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def _body(self, chunks: Iterable[bytes], size: int) -> None:
+        """Exactly ``size`` bytes of member data from ``chunks``, then the padding."""
+        done = 0
+        for chunk in chunks:
+            done += len(chunk)
+            if done > size:
+                raise ValueError(f"member data overran its declared size {size}")
+            self._put(chunk)
+        if done != size:
+            raise ValueError(f"member data ended at {done} of its declared size {size}")
+        self._put(bytes(-size % tarfile.BLOCKSIZE))
 
     def add_meta(self, e: Entry) -> None:
         """Add an entry that has no content: directory, symlink, hard link, special, marker."""
@@ -160,7 +187,7 @@ class PackWriter:
             ti = tar_info(e, member_name(e.path))
             if e.kind == model.HARDLINK:
                 ti.linkname = member_name(e.target)
-            self._add(ti)
+            self._header(ti)
         self.entries.append(e)
 
     def add_file(self, e: Entry, data: Iterable[bytes]) -> Entry:
@@ -172,12 +199,13 @@ class PackWriter:
 
         def hashed() -> Iterator[bytes]:
             pos = 0
+            chunks = iter(data)
             segments = iter(e.sparse) if e.sparse else iter([(0, e.size)])
             for off, length in segments:
                 _hash_zeros(digest, off - pos)
                 left = length
                 if left:
-                    for chunk in data:
+                    for chunk in chunks:
                         digest.update(chunk)
                         left -= len(chunk)
                         yield chunk
@@ -197,14 +225,13 @@ class PackWriter:
                 "GNU.sparse.realsize": str(e.size),
             }
             ti.size = len(header) + stored
-            body: Iterator[bytes] = _prepend(header, hashed())
+            self._header(ti)
+            self._body(_prepend(header, hashed()), ti.size)
         else:
             ti = tar_info(e, member_name(e.path))
             ti.size = stored
-            body = hashed()
-        self._add(ti, _ChunkReader(body))
-        for _ in body:  # tar stops reading at the declared size: let the hash see the end
-            pass
+            self._header(ti)
+            self._body(hashed(), stored)
         self.content_bytes += stored
         done = replace(e, sha256=digest.hexdigest())
         self.entries.append(done)
@@ -227,37 +254,34 @@ class PackWriter:
 
         ti = tar_info(e, part_member_name(e.path, e.offset))
         ti.size = e.length
-        body = hashed()
-        self._add(ti, _ChunkReader(body))
-        for _ in body:
-            pass
+        self._header(ti)
+        self._body(hashed(), e.length)
         self.content_bytes += e.length
-        self._zw.flush(zstandard.FLUSH_BLOCK)  # so packed_bytes counts this part now
         done = replace(e, sha256=digest.hexdigest())
         self.entries.append(done)
         return done
 
-    def seal(self, index_text: bytes) -> SealedPack:
-        """Append the index member, finish every stream and return the spooled pack."""
+    def finish(self, index_text: bytes) -> Sealing:
+        """Append the index member and end the tar and zstd streams; gpg may still be
+        finishing when this returns (see :class:`Sealing`)."""
         ti = tarfile.TarInfo(INDEX_MEMBER)
         ti.size = len(index_text)
         ti.mode = 0o644
-        self._tar.addfile(ti, io.BytesIO(index_text))
-        self._tar.close()
-        self._zw.flush(zstandard.FLUSH_FRAME)
-        self._zw.close()  # type: ignore[no-untyped-call]
-        self._enc.close()
-        digest = hashlib.sha256()
-        size = 0
-        with open(self.spool_path, "rb") as f:
-            while block := f.read(CHUNK):
-                digest.update(block)
-                size += len(block)
-        return SealedPack(self.spool_path, size, digest.hexdigest())
+        self._header(ti)
+        self._body([index_text], len(index_text))
+        self._put(bytes(2 * tarfile.BLOCKSIZE))  # end of archive, then pad the record
+        self._put(bytes(-self._offset % tarfile.RECORDSIZE))
+        self._flush_buf()
+        self._gpg.write(self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+        return Sealing(self._gpg)
+
+    def seal(self, index_text: bytes) -> SealedPack:
+        """Append the index member, finish every stream and return the spooled pack."""
+        return self.finish(index_text).wait()
 
     def abort(self) -> None:
         """Give up on this pack and remove its spool file."""
-        self._enc.abort()
+        self._gpg.abort()
 
 
 _ZEROS = bytes(CHUNK)

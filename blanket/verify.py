@@ -27,7 +27,7 @@ from blanket import model
 from blanket.backends.base import Backend, download_to
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
-from blanket.packer import INDEX_MEMBER, member_name, part_member_name
+from blanket.packer import INDEX_MEMBER, inner_index, member_name, part_member_name
 from blanket.repo import Repository
 from blanket.restore.fetch import HashingSink, fetch_plaintext, members
 
@@ -102,15 +102,9 @@ def deep_check(repo: Repository, h: IndexHeader, workdir: str) -> list[str]:
     finally:
         os.unlink(zst)
     found += [f"lacks member {os.fsdecode(n)!r} its index lists" for n in wanted]
-    if own_index != _without_data_lines(repo.state.index_path(h.seq).read_bytes()):
+    if inner_index(own_index) != inner_index(repo.state.index_path(h.seq).read_bytes()):
         found.append("holds an index.txt that differs from its index object")
     return found
-
-
-def _without_data_lines(plain: bytes) -> bytes:
-    head, _, body = plain.partition(b"\n\n")
-    kept = [x for x in head.split(b"\n") if not x.startswith(b"data-")]
-    return b"\n".join(kept) + b"\n\n" + body
 
 
 def verify(repo: Repository, *, deep: bool = False, subset: float | None = None) -> VerifyReport:

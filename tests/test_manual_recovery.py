@@ -383,9 +383,9 @@ def test_index_is_readable_text_that_splits_as_documented(
         assert data.stat().st_size == int(header["data-size"])
         assert hashlib.sha256(data.read_bytes()).hexdigest() == header["data-sha256"]
         assert header["data-key"] == f"data/{n:012d}-{header['data-sha256'][:16]}"
-        # the pack's own copy is the same text without the data-* lines
+        # the pack's own copy is the same text without the data-* and prev-index lines
         inner = pack_member(home, data, "index.txt").decode("ascii")
-        assert inner == re.sub(r"data-(key|size|sha256): .*\n", "", text)
+        assert inner == re.sub(r"(data-(key|size|sha256)|prev-index-sha256): .*\n", "", text)
         prev = hashlib.sha256(plain).hexdigest()
         parsed.append((text, header, entries))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import zstandard
 
-from blanket import model
+from blanket import model, tarheader
 from blanket.crypto import EncryptProcess, Gpg
 from blanket.model import Entry
 
@@ -31,14 +31,23 @@ BATCH = 1 << 20  # tar bytes gathered before each call into zstd
 
 def member_name(path: bytes) -> str:
     """The tar member name of an entry path (surrogate-escaped str, as tarfile wants)."""
-    return TREE if path == model.ROOT else TREE + "/" + os.fsdecode(path)
+    return os.fsdecode(member_path(path))
+
+
+def member_path(path: bytes) -> bytes:
+    """The tar member name of an entry path, as bytes."""
+    return b"tree" if path == model.ROOT else b"tree/" + path
 
 
 def part_member_name(path: bytes, offset: int) -> str:
     """The member holding the part at ``offset`` of a split file. Parts live under
     ``parts/``, apart from ``tree/``, so no source file can share a part's name; a
     file's part members in name order concatenate to the file."""
-    return f"{PARTS}/{os.fsdecode(path)}/{offset:016d}"
+    return os.fsdecode(part_member_path(path, offset))
+
+
+def part_member_path(path: bytes, offset: int) -> bytes:
+    return b"parts/%s/%016d" % (path, offset)
 
 
 TAR_TYPES = {
@@ -52,23 +61,53 @@ TAR_TYPES = {
 
 
 def tar_info(e: Entry, name: str) -> tarfile.TarInfo:
-    """A tar header for ``e`` named ``name``: type, mode, owner, mtime to the
+    """A ``tarfile`` header for ``e`` named ``name``: type, mode, owner, mtime to the
     nanosecond (PAX), link target (a symlink's text; a hard link's path as is, to be
-    renamed by the caller) and device numbers."""
+    renamed by the caller) and device numbers. (Packs are written with
+    :func:`entry_header`, which gives the same bytes faster.)"""
     ti = tarfile.TarInfo(name)
     ti.type = TAR_TYPES.get(e.kind, tarfile.REGTYPE)
     ti.mode = e.mode
     ti.uid, ti.gid = e.uid, e.gid
     ti.uname = e.user.decode("utf-8", "surrogateescape")
     ti.gname = e.group.decode("utf-8", "surrogateescape")
-    secs, ns = divmod(e.mtime_ns, 1_000_000_000)
-    ti.mtime = secs
-    if ns:
-        ti.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
+    ti.mtime = e.mtime_ns // 1_000_000_000
+    fraction = tarheader.pax_mtime(e.mtime_ns)
+    if fraction is not None:
+        ti.pax_headers = {"mtime": fraction.decode("ascii")}
     if e.kind in (model.SYMLINK, model.HARDLINK):
         ti.linkname = os.fsdecode(e.target)
     ti.devmajor, ti.devminor = e.rdev_major, e.rdev_minor
     return ti
+
+
+def entry_header(
+    e: Entry,
+    name: bytes,
+    *,
+    size: int = 0,
+    linkname: bytes | None = None,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """The tar header blocks of entry ``e`` as member ``name`` (what
+    ``tar_info(e, name).tobuf(PAX_FORMAT)`` gives, see :mod:`blanket.tarheader`)."""
+    if linkname is None:
+        linkname = e.target if e.kind in (model.SYMLINK, model.HARDLINK) else b""
+    return tarheader.header(
+        name,
+        TAR_TYPES.get(e.kind, tarfile.REGTYPE),
+        mode=e.mode,
+        uid=e.uid,
+        gid=e.gid,
+        size=size,
+        mtime_ns=e.mtime_ns,
+        linkname=linkname,
+        uname=e.user,
+        gname=e.group,
+        devmajor=e.rdev_major,
+        devminor=e.rdev_minor,
+        extra=extra,
+    )
 
 
 def inner_index(index_text: bytes) -> bytes:
@@ -166,9 +205,6 @@ class PackWriter:
         if out:
             self._gpg.write(out)
 
-    def _header(self, ti: tarfile.TarInfo) -> None:
-        self._put(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-
     def _body(self, chunks: Iterable[bytes], size: int) -> None:
         """Exactly ``size`` bytes of member data from ``chunks``, then the padding."""
         done = 0
@@ -184,10 +220,8 @@ class PackWriter:
     def add_meta(self, e: Entry) -> None:
         """Add an entry that has no content: directory, symlink, hard link, special, marker."""
         if e.kind != model.DELETED:
-            ti = tar_info(e, member_name(e.path))
-            if e.kind == model.HARDLINK:
-                ti.linkname = member_name(e.target)
-            self._header(ti)
+            link = member_path(e.target) if e.kind == model.HARDLINK else None
+            self._put(entry_header(e, member_path(e.path), linkname=link))
         self.entries.append(e)
 
     def add_file(self, e: Entry, data: Iterable[bytes]) -> Entry:
@@ -215,22 +249,18 @@ class PackWriter:
             _hash_zeros(digest, e.size - pos)
 
         if e.sparse:
-            header = _sparse_map(e.sparse, e.size)
-            ti = tar_info(e, _sparse_dummy_name(e.path))
-            ti.pax_headers = {
-                **ti.pax_headers,
-                "GNU.sparse.major": "1",
-                "GNU.sparse.minor": "0",
-                "GNU.sparse.name": member_name(e.path),
-                "GNU.sparse.realsize": str(e.size),
-            }
-            ti.size = len(header) + stored
-            self._header(ti)
-            self._body(_prepend(header, hashed()), ti.size)
+            sparse_map = _sparse_map(e.sparse, e.size)
+            extra = (
+                (b"GNU.sparse.major", b"1"),
+                (b"GNU.sparse.minor", b"0"),
+                (b"GNU.sparse.name", member_path(e.path)),
+                (b"GNU.sparse.realsize", b"%d" % e.size),
+            )
+            size = len(sparse_map) + stored
+            self._put(entry_header(e, _sparse_dummy_path(e.path), size=size, extra=extra))
+            self._body(_prepend(sparse_map, hashed()), size)
         else:
-            ti = tar_info(e, member_name(e.path))
-            ti.size = stored
-            self._header(ti)
+            self._put(entry_header(e, member_path(e.path), size=stored))
             self._body(hashed(), stored)
         self.content_bytes += stored
         done = replace(e, sha256=digest.hexdigest())
@@ -252,9 +282,7 @@ class PackWriter:
                 digest.update(chunk)
                 yield chunk
 
-        ti = tar_info(e, part_member_name(e.path, e.offset))
-        ti.size = e.length
-        self._header(ti)
+        self._put(entry_header(e, part_member_path(e.path, e.offset), size=e.length))
         self._body(hashed(), e.length)
         self.content_bytes += e.length
         done = replace(e, sha256=digest.hexdigest())
@@ -264,10 +292,7 @@ class PackWriter:
     def finish(self, index_text: bytes) -> Sealing:
         """Append the index member and end the tar and zstd streams; gpg may still be
         finishing when this returns (see :class:`Sealing`)."""
-        ti = tarfile.TarInfo(INDEX_MEMBER)
-        ti.size = len(index_text)
-        ti.mode = 0o644
-        self._header(ti)
+        self._put(tarheader.header(INDEX_MEMBER.encode(), tarfile.REGTYPE, size=len(index_text)))
         self._body([index_text], len(index_text))
         self._put(bytes(2 * tarfile.BLOCKSIZE))  # end of archive, then pad the record
         self._put(bytes(-self._offset % tarfile.RECORDSIZE))
@@ -310,6 +335,6 @@ def _sparse_map(segments: tuple[tuple[int, int], ...], size: int) -> bytes:
     return raw + bytes(-len(raw) % tarfile.BLOCKSIZE)
 
 
-def _sparse_dummy_name(path: bytes) -> str:
-    head, _, tail = member_name(path).rpartition("/")
-    return f"{head}/GNUSparseFile.0/{tail}"
+def _sparse_dummy_path(path: bytes) -> bytes:
+    head, _, tail = member_path(path).rpartition(b"/")
+    return b"%s/GNUSparseFile.0/%s" % (head, tail)

@@ -11,10 +11,11 @@ field, or extra records (GNU sparse).
 
 from __future__ import annotations
 
+import functools
+import struct
+
 BLOCK = 512
 _MAGIC = b"ustar\x0000"
-_NUL8 = bytes(8)
-_PREFIX = bytes(155)
 _CHK_SPACES = b"        "
 _PAX_NAME = b"././@PaxHeader"
 DEVICE_TYPES = (b"3", b"4")
@@ -27,14 +28,6 @@ def pax_mtime(mtime_ns: int) -> bytes | None:
     if not ns:
         return None
     return b"%s%d.%09d" % (b"-" if mtime_ns < 0 else b"", secs, ns)
-
-
-def _octal(n: int, digits: int) -> bytes:
-    return b"%0*o\x00" % (digits - 1, n)
-
-
-def _field(value: bytes, length: int) -> bytes:
-    return value[:length] + bytes(length - len(value[:length]))
 
 
 def _ascii(value: bytes) -> bytes:
@@ -53,6 +46,11 @@ def _record(keyword: bytes, value: bytes) -> bytes:
     return b"%d %s=%s\n" % (p, keyword, value)
 
 
+# name mode uid gid size mtime chksum type linkname magic+version uname gname
+# devmajor devminor prefix, then padding to the block; "s" fields are cut or NUL-filled
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+
+
 def _ustar(
     name: bytes,
     typeflag: bytes,
@@ -68,29 +66,33 @@ def _ustar(
     devminor: int,
 ) -> bytes:
     if typeflag in DEVICE_TYPES:
-        devices = _octal(devmajor, 8) + _octal(devminor, 8)
+        major, minor = b"%07o\x00" % devmajor, b"%07o\x00" % devminor
     else:
-        devices = _NUL8 + _NUL8
-    buf = b"".join(
-        (
-            _field(name, 100),
-            _octal(mode & 0o7777, 8),
-            _octal(uid, 8),
-            _octal(gid, 8),
-            _octal(size, 12),
-            _octal(mtime, 12),
-            _CHK_SPACES,
-            typeflag,
-            _field(linkname, 100),
-            _MAGIC,
-            _field(uname, 32),
-            _field(gname, 32),
-            devices,
-            _PREFIX,
-        )
+        major = minor = b""
+    buf = _USTAR.pack(
+        name,
+        b"%07o\x00" % (mode & 0o7777),
+        b"%07o\x00" % uid,
+        b"%07o\x00" % gid,
+        b"%011o\x00" % size,
+        b"%011o\x00" % mtime,
+        _CHK_SPACES,
+        typeflag,
+        linkname,
+        _MAGIC,
+        uname,
+        gname,
+        major,
+        minor,
+        b"",
     )
-    buf += bytes(BLOCK - len(buf))
-    return buf[:148] + b"%06o\x00" % sum(buf) + buf[155:]
+    return b"%s%06o\x00%s" % (buf[:148], sum(buf), buf[155:])
+
+
+@functools.lru_cache(maxsize=256)
+def _extended(length: int) -> bytes:
+    """The ustar block that announces an extended header of ``length`` bytes."""
+    return _ustar(_PAX_NAME, b"x", 0, 0, 0, length, 0, b"", b"", b"", 0, 0)
 
 
 def header(
@@ -151,8 +153,7 @@ def header(
     if not all(_utf8(v) for v in records.values()):
         payload = b"21 hdrcharset=BINARY\n" + payload
     pad = bytes(-len(payload) % BLOCK)
-    ext = _ustar(_PAX_NAME, b"x", 0, 0, 0, len(payload), 0, b"", b"", b"", 0, 0)
-    return ext + payload + pad + ustar
+    return b"".join((_extended(len(payload)), payload, pad, ustar))
 
 
 def _utf8(value: bytes) -> bool:

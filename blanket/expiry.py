@@ -126,3 +126,66 @@ def plan_expiry(
             "even expiring old layers cannot make the current state fit; raise --cap"
         )
     return plan
+
+
+@dataclass
+class HistoryFit:
+    """How much kept history fits next to the layers (see :func:`fit_history`)."""
+
+    keep: list[int]  # indices of the new copies kept
+    dropped: int  # how many existing history records (oldest first) must go
+    plan: ExpiryPlan
+    budget: int = 0  # bytes of new history the cap allows
+
+
+def fit_history(
+    stats: list[LayerStat],
+    cap: int,
+    *,
+    current: int = 0,
+    refreshed: int = 0,
+    store_total: int,
+    copies: list[int],
+    records: list[int],
+) -> HistoryFit:
+    """Keep as much history as fits under the cap (``gc --keep-history``).
+
+    ``copies`` are the estimated bytes of each version gc could copy forward, most
+    wanted first; ``records`` the bytes of each existing history record (a gc record
+    holding kept versions), oldest first. History counts like any other byte: it must
+    leave room for the next pass (the plan must fit). The room left is filled with the
+    copies in order, skipping any that is too big for what is left. If not even the
+    existing records fit, the oldest records go until the plan fits. If dropping every
+    record would still not make it fit, none is dropped: history is not what is in the
+    way (the plan says so, and the cap must be raised)."""
+
+    def plan_for(extra: int) -> ExpiryPlan:
+        return plan_expiry(
+            stats, cap, current=current, refreshed=refreshed, store_total=store_total + extra
+        )
+
+    wanted = sum(copies)
+    if plan_for(wanted).fits:
+        return HistoryFit(list(range(len(copies))), 0, plan_for(wanted), wanted)
+    base = plan_for(0)
+    if base.fits:
+        lo, hi = 0, wanted  # plan_for(lo) fits, plan_for(hi) does not
+        while hi - lo > 1 and hi - lo > wanted // 4096:
+            mid = (lo + hi) // 2
+            if plan_for(mid).fits:
+                lo = mid
+            else:
+                hi = mid
+        keep, used = [], 0
+        for i, c in enumerate(copies):
+            if used + c <= lo:
+                keep.append(i)
+                used += c
+        return HistoryFit(keep, 0, plan_for(used), lo)
+    freed = 0
+    for i, size in enumerate(records):
+        freed += size
+        plan = plan_for(-freed)
+        if plan.fits:
+            return HistoryFit([], i + 1, plan)
+    return HistoryFit([], 0, base)  # dropping history would not make it fit: keep it

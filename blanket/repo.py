@@ -37,7 +37,7 @@ from blanket.errors import (
 )
 from blanket.indexfmt import IndexHeader
 from blanket.merge import Located, replay
-from blanket.model import PART, Entry
+from blanket.model import LOST, PART, Entry
 from blanket.packer import SealedPack
 from blanket.state import LocalState
 
@@ -167,13 +167,23 @@ class Repository:
         layers)."""
         if layer is not None:
             when = self.layer_end(layer)
-        return replay(self.layer_streams(), at=when)
+        return replay(self.layer_streams(at=when), at=when)
 
     def lost_versions(self) -> Iterator[Entry]:
-        """The versions gc records as removed with expired layers."""
+        """The versions gc records as removed with expired layers (``L`` entries)."""
         for h in self.headers:
             if h.gc_record:
-                yield from self.entries(h.seq)
+                yield from (e for e in self.entries(h.seq) if e.kind == LOST)
+
+    def history_stream(self, h: IndexHeader, at: int | None = None) -> Iterator[Located]:
+        """The old versions gc record ``h`` kept (``gc --keep-history``), clock-sorted:
+        all of them, or (``at``) only those current at time ``at`` (``since`` <= at <
+        ``until``). Never part of the latest state."""
+        for e in self.entries(h.seq):
+            if e.kind in (PART, LOST):
+                continue
+            if at is None or e.since <= at < (e.until or 1 << 63):
+                yield Located(e, h.seq, h.layer)
 
     def refresh(self, *, strict: bool = True, fresh: bool = False) -> list[IndexHeader]:
         """Bring the local index cache up to date with the stores and check the chain.
@@ -223,13 +233,21 @@ class Repository:
                 f"{self.state.index_path(seq)} to fetch it again"
             ) from exc
 
-    def layer_streams(self, *, up_to_layer: int | None = None) -> list[Iterator[Located]]:
-        """One clock-sorted stream per layer, for :func:`blanket.merge.replay`."""
+    def layer_streams(
+        self, *, up_to_layer: int | None = None, at: int | None = None
+    ) -> list[Iterator[Located]]:
+        """One clock-sorted stream per layer, for :func:`blanket.merge.replay`; with
+        ``at`` (a replay as of that time), also one per gc record holding versions that
+        gc kept, filtered to those current at ``at``. The latest state (no ``at``) never
+        sees kept versions."""
         by_layer: dict[int, list[IndexHeader]] = {}
         for h in self.headers:
             if up_to_layer is None or h.layer <= up_to_layer:
                 by_layer.setdefault(h.layer, []).append(h)
-        return [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
+        streams = [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
+        if at is not None:
+            streams += [self.history_stream(h, at) for h in self.headers if h.gc_record]
+        return streams
 
     def _layer_stream(self, headers: list[IndexHeader]) -> Iterator[Located]:
         for h in headers:

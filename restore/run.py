@@ -79,10 +79,14 @@ def check_target(repos: list[Repository], target: str, force: bool) -> None:
 
 
 def _streams(
-    repos: list[Repository], at_layer: int | None, skip: set[tuple[int, int, bytes]]
+    repos: list[Repository],
+    at_layer: int | None,
+    skip: set[tuple[int, int, bytes]],
+    at: int | None = None,
 ) -> list[Iterable[Located]]:
-    """Every layer of every repository, tagged with its origin, without the versions in
-    ``skip`` ((origin, seq, path) of content found damaged)."""
+    """Every layer of every repository (and, as of time ``at``, the old versions gc kept),
+    tagged with its origin, without the versions in ``skip`` ((origin, seq, path) of
+    content found damaged)."""
 
     def tagged(origin: int, stream: Iterable[Located]) -> Iterator[Located]:
         for item in stream:
@@ -92,7 +96,7 @@ def _streams(
     return [
         tagged(origin, stream)
         for origin, repo in enumerate(repos)
-        for stream in repo.layer_streams(up_to_layer=at_layer)
+        for stream in repo.layer_streams(up_to_layer=at_layer, at=at)
     ]
 
 
@@ -109,7 +113,7 @@ class _Restore:
 
     def plan(self, workdir: str, tops: list[bytes], *, exact: bool = False) -> Plan:
         o = self.opts
-        streams = _streams(self.repos, o.at_layer, self.skip)
+        streams = _streams(self.repos, o.at_layer, self.skip, o.at_time)
         plan = Plan(workdir)
         try:
             for item in select(replay(streams, at=o.at_time), tops):
@@ -133,7 +137,7 @@ class _Restore:
         }
         if not outside:
             return
-        streams = _streams(self.repos, self.opts.at_layer, self.skip)
+        streams = _streams(self.repos, self.opts.at_layer, self.skip, self.opts.at_time)
         wanted = sorted(outside, key=model.clock_key)
         sources = {
             item.entry.path: item

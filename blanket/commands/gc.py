@@ -6,22 +6,29 @@ import argparse
 
 from blanket.commands.common import open_repo
 from blanket.errors import EXIT_FATAL, EXIT_OK
-from blanket.gc import run_gc
+from blanket.gc import GcResult, run_gc
 from blanket.ui import Output
 from blanket.units import human_size, parse_size
 
-HELP = "plan and apply expiry within the cap (no downloads)"
+HELP = "plan and apply expiry within the cap (no downloads unless --keep-history)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap", help="keep the repository under this size (e.g. 50G)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument(
+        "--keep-history",
+        action="store_true",
+        help="copy forward the old versions that deleted layers would lose, as many as fit "
+        "under the cap (downloads only the packs that hold them)",
+    )
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
     cap = parse_size(args.cap, "--cap") if args.cap else None
-    result = run_gc(open_repo(args), cap=cap, dry_run=args.dry_run)
+    result = run_gc(open_repo(args), cap=cap, dry_run=args.dry_run, keep_history=args.keep_history)
     plan = result.plan
+    hist = result.history
     rows = [
         {
             "layer": s.layer,
@@ -41,6 +48,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         out.warning(b"gc", message)
     cap_text = human_size(cap) if cap is not None else "no cap"
     verb = "would delete" if args.dry_run else "deleted"
+    if hist.going:
+        out.line(_history_line(result, dry_run=args.dry_run))
     out.summary(
         f"{'plan' if args.dry_run else 'gc'}: {human_size(plan.total)} stored, cap {cap_text}; "
         f"layers below {plan.expire_below} expiring; {verb} layer(s) "
@@ -58,5 +67,49 @@ def run(args: argparse.Namespace, out: Output) -> int:
         bytes_freed=result.bytes_freed,
         lost_versions=result.lost_versions,
         dry_run=args.dry_run,
+        keep_history=args.keep_history,
+        history_going=hist.going,
+        history_copy=hist.copy,
+        history_download_bytes=hist.download,
+        history_download_packs=hist.packs,
+        history_upload_bytes=hist.upload,
+        history_over_cap=hist.over_cap,
+        history_uncopyable=hist.uncopyable,
+        history_dropped_records=hist.dropped_records,
+        history_dropped_versions=hist.dropped_versions,
+        kept_versions=result.kept_versions,
+        bytes_downloaded=result.bytes_downloaded,
+        bytes_added=result.bytes_added,
     )
     return EXIT_OK if plan.fits else EXIT_FATAL
+
+
+def _history_line(result: GcResult, *, dry_run: bool) -> str:
+    """One line on the versions the deleted layers take with them, and keeping them."""
+    hist = result.history
+    cost = (
+        f"download {human_size(hist.download)} from {hist.packs} pack(s), "
+        f"add about {human_size(hist.upload)}"
+    )
+    if not result.keep_history:
+        return (
+            f"history: {hist.going} old version(s) {'would be' if dry_run else 'were'} lost "
+            f"with the deleted layers; --keep-history would copy {hist.copy} forward "
+            f"({cost})"
+            + (
+                f", {hist.going - hist.copy} do not fit under the cap"
+                if hist.copy < hist.going
+                else ""
+            )
+        )
+    if dry_run:
+        text = f"history: would copy {hist.copy} of {hist.going} old version(s) forward ({cost})"
+    else:
+        text = (
+            f"history: copied {result.kept_versions} of {hist.going} old version(s) forward "
+            f"(downloaded {human_size(result.bytes_downloaded)} from {hist.packs} pack(s), "
+            f"added {human_size(result.bytes_added)})"
+        )
+    if hist.over_cap:
+        text += f"; {hist.over_cap} do not fit under the cap and are recorded as lost"
+    return text

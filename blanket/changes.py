@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from blanket import model
 from blanket.merge import Located
-from blanket.model import Entry
+from blanket.model import Entry, fast_init
+from blanket.scan import prior_hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class Seen:
     path: bytes
     entry: Entry | None
     opaque: bool = False
+
+
+fast_init(Seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +53,28 @@ class Keep:
     path: bytes
 
 
-Change = Emit | Delete | Keep
+fast_init(Keep)
 
-_COMPARED = ("kind", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "ino", "size", "target")
+
+Change = Emit | Delete | Keep
 
 
 def unchanged(prior: Entry, now: Entry) -> bool:
-    """True when the stat data say this is the version the prior state holds."""
-    if any(getattr(prior, f) != getattr(now, f) for f in _COMPARED):
-        return False
-    return (prior.rdev_major, prior.rdev_minor) == (now.rdev_major, now.rdev_minor)
+    """True when the stat data say this is the version the prior state holds: kind,
+    mode, owner ids, mtime, ctime, inode, size, target and device numbers."""
+    return prior is now or (
+        prior.mtime_ns == now.mtime_ns
+        and prior.ctime_ns == now.ctime_ns
+        and prior.ino == now.ino
+        and prior.size == now.size
+        and prior.kind == now.kind
+        and prior.mode == now.mode
+        and prior.uid == now.uid
+        and prior.gid == now.gid
+        and prior.target == now.target
+        and prior.rdev_major == now.rdev_major
+        and prior.rdev_minor == now.rdev_minor
+    )
 
 
 def diff(
@@ -74,11 +90,31 @@ def diff(
     unchanged path whose current version lives in a layer below ``expire_below`` (an
     expiring layer) is emitted again with its original ``since``: the refresh that lets
     gc delete that layer without losing the latest state.
+
+    While it runs, the prior entry each walked path is about to be compared with is
+    offered to ``blanket.scan.entry_for`` (:func:`blanket.scan.prior_hint`), so that an
+    unchanged path costs its ``lstat`` and nothing more. No hint is given for a full
+    layer (everything is recorded afresh) or for a version in an expiring layer (it is
+    recorded again, so it is read in full).
     """
+    try:
+        yield from _diff(current, prior, full=full, expire_below=expire_below)
+    finally:
+        prior_hint(None)
+
+
+def _diff(
+    current: Iterable[Seen],
+    prior: Iterable[Located],
+    *,
+    full: bool,
+    expire_below: int,
+) -> Iterator[Change]:
     prior_it = iter(prior)
     nxt = next(prior_it, None)
     deleted_top: bytes | None = None
     opaque_top: bytes | None = None
+    hints = not full
 
     def vanished(p: Entry) -> Iterator[Change]:
         nonlocal deleted_top
@@ -89,14 +125,26 @@ def diff(
         deleted_top = p.path
         yield Delete(p.path)
 
-    for seen in current:
-        key = model.clock_key(seen.path)
-        while nxt is not None and nxt.entry.key < key:
+    clock_key = model.clock_key
+    nxt_key = b"" if nxt is None else clock_key(nxt.entry.path)
+    current_it = iter(current)
+    while True:
+        if hints:
+            prior_hint(None if nxt is None or nxt.layer < expire_below else nxt.entry)
+        seen = next(current_it, None)
+        if seen is None:
+            break
+        key = clock_key(seen.path)
+        while nxt is not None and nxt_key < key:
             yield from vanished(nxt.entry)
             nxt = next(prior_it, None)
+            if nxt is not None:
+                nxt_key = clock_key(nxt.entry.path)
         before = None
-        if nxt is not None and nxt.entry.key == key:
+        if nxt is not None and nxt_key == key:
             before, nxt = nxt, next(prior_it, None)
+            if nxt is not None:
+                nxt_key = clock_key(nxt.entry.path)
         if seen.entry is None:
             yield Keep(seen.path)
         elif before is None or full or not unchanged(before.entry, seen.entry):

@@ -12,18 +12,25 @@ import sys
 from collections.abc import Sequence
 
 from blanket import oplog, prometheus
-from blanket.commands import ALIASES, COMMANDS
+from blanket.commands import ALIASES, COMMANDS, HELPS
 from blanket.commands.common import Parser, common_options, setting
 from blanket.errors import EXIT_FATAL, EXIT_USAGE, BlanketError
 from blanket.ui import Output
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser for a command line naming command ``only`` (None: none or an
+    unknown one). Only that command's module is imported and only its arguments are
+    known; the others are listed with their help (all ``blanket --help`` shows)."""
     common = common_options()
     parser = Parser(prog="blanket", description="Backups restorable from the first commit.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for name, module in COMMANDS.items():
+    for name in COMMANDS:
         aliases = [a for a, target in ALIASES.items() if target == name]
+        if name != only:
+            sub.add_parser(name, aliases=aliases, help=HELPS[name])
+            continue
+        module = COMMANDS[name]
         p = sub.add_parser(
             name, aliases=aliases, parents=[common], help=module.HELP, description=module.HELP
         )
@@ -38,6 +45,12 @@ def _command_name(raw: list[str]) -> str:
     return "blanket"
 
 
+def parser_for(raw: list[str]) -> argparse.ArgumentParser:
+    """The parser for the command line ``raw`` (knowing only the command it names)."""
+    name = _command_name(raw)
+    return build_parser(name if name in COMMANDS else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     out = Output(json_mode="--json" in raw, quiet="--quiet" in raw or "-q" in raw)
@@ -46,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     code, error = EXIT_FATAL, None
     try:
-        args = build_parser().parse_args(raw)
+        args = parser_for(raw).parse_args(raw)
         args.command = ALIASES.get(args.command, args.command)
         args.invocation = invocation
         out = Output(json_mode=args.json, quiet=args.quiet)

@@ -8,9 +8,13 @@ stand for themselves, every other byte is written ``\\xHH`` (two lower-case hex 
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from blanket import model
 from blanket.model import Entry
@@ -132,8 +136,58 @@ def render_entry(e: Entry) -> bytes:
     return (" ".join(fields) + "\n").encode("ascii")
 
 
+class _Rendered:
+    """The entry lines of the last few entry lists rendered: a commit renders the same
+    entries twice (the pack's copy, then the stored index) and then caches the index
+    locally (:func:`rendered_entries`), so the lines are made once and the entries need
+    no parsing back. Shared by the run thread (which seals packs) and the commit thread
+    (which stores them): every access holds the lock, and each list's lines are kept
+    with a copy of that list, so lines are reused only for the very same entries."""
+
+    lock = threading.Lock()
+    memo: dict[int, tuple[list[Entry], bytes]] = {}  # id(list) -> (its items, lines)
+    slots = 4
+
+
 def render_index(h: IndexHeader, entries: Iterable[Entry], *, with_data: bool = True) -> bytes:
-    return render_header(h, with_data=with_data) + b"".join(render_entry(e) for e in entries)
+    items = entries if isinstance(entries, list) else list(entries)
+    with _Rendered.lock:
+        hit = _Rendered.memo.get(id(items))
+    if hit is not None and len(hit[0]) == len(items) and all(map(operator.is_, hit[0], items)):
+        body = hit[1]
+    else:
+        body = b"".join([render_entry(e) for e in items])
+        with _Rendered.lock:
+            memo = _Rendered.memo
+            memo.pop(id(items), None)
+            while len(memo) >= _Rendered.slots:
+                del memo[next(iter(memo))]
+            memo[id(items)] = (list(items), body)
+    return render_header(h, with_data=with_data) + body
+
+
+def rendered_entries(index: bytes) -> list[Entry] | None:
+    """The entries of ``index`` if it was rendered lately (without parsing); the memory
+    of it is released."""
+    head_end = index.find(b"\n\n")
+    if head_end < 0:
+        return None
+    body = index[head_end + 2 :]
+    with _Rendered.lock:
+        for key, (entries, lines) in list(_Rendered.memo.items()):
+            if lines == body:
+                del _Rendered.memo[key]  # used once, by the commit that stores it
+                return entries
+    return None
+
+
+_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Entry)))
+
+
+def entry_fields(e: Entry) -> tuple[Any, ...]:
+    """Every field of ``e`` in declaration order: ``Entry(*entry_fields(e)) == e``."""
+    fields: tuple[Any, ...] = _FIELDS(e)
+    return fields
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -187,46 +241,77 @@ def parse_header(lines: Iterable[bytes]) -> IndexHeader:
     )
 
 
+_KIND_SET = frozenset(model.KINDS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in an entry line
+
+
+def _field_bytes(text: str) -> bytes:
+    """An escaped field value (the line is known to be printable ASCII) as bytes."""
+    if "\\" in text or "=" in text or "," in text:
+        return unescape(text)  # decodes escapes, refuses a bare "=" or ","
+    return text.encode("ascii")
+
+
 def parse_entry(line: bytes) -> Entry:
     """Parse one entry line; raise ``ValueError`` on anything malformed or unsafe."""
-    parts = line.decode("ascii").rstrip("\n").split(" ")
-    if len(parts) < 2 or parts[0] not in model.KINDS:
+    text = line.decode("ascii").rstrip("\n")
+    parts = text.split(" ")
+    if len(parts) < 2 or parts[0] not in _KIND_SET or _CONTROL.search(text):
         raise ValueError(f"bad index entry line {line[:80]!r}")
     kind = parts[0]
-    path = model.check_relpath(unescape(parts[1]))
-    f: dict[str, str] = {}
-    for item in parts[2:]:
-        name, sep, value = item.partition("=")
-        if not sep or name in f:
-            raise ValueError(f"bad field {item!r} in index entry")
-        f[name] = value
-    rdev = f.get("rdev", "0,0").split(",")
-    target = unescape(f["target"]) if "target" in f else b""
-    if kind == model.HARDLINK:
-        model.check_relpath(target)  # a hard link names a path inside the tree
+    path = model.check_relpath(_field_bytes(parts[1]))
+    del parts[:2]
+    pairs = [item.split("=", 1) for item in parts]
+    try:
+        f = dict(pairs)
+    except ValueError:
+        raise ValueError(f"bad field in index entry {line[:80]!r}") from None
+    if len(f) != len(pairs):
+        raise ValueError(f"repeated field in index entry {line[:80]!r}")
+    get = f.get
+    if "since" not in f:
+        raise ValueError("index entry lacks 'since'")
+    target = b""
+    if "target" in f:
+        target = _field_bytes(f["target"])
+        if kind == model.HARDLINK:
+            model.check_relpath(target)  # a hard link names a path inside the tree
+    elif kind == model.HARDLINK:
+        model.check_relpath(target)
+    rdev = get("rdev")
+    if rdev is None:
+        major = minor = 0
+    else:
+        a, b = rdev.split(",")
+        major, minor = int(a), int(b)
+    user = get("user")
+    group = get("group")
+    sha = get("sha256", "-")
+    xattrs = get("xattrs")
+    sparse = get("sparse")
     return Entry(
-        kind=kind,
-        path=path,
-        mode=int(f.get("mode", "0"), 8),
-        uid=int(f.get("uid", "0")),
-        gid=int(f.get("gid", "0")),
-        user=unescape(f["user"]) if "user" in f else b"",
-        group=unescape(f["group"]) if "group" in f else b"",
-        mtime_ns=int(f.get("mtime", "0")),
-        ctime_ns=int(f.get("ctime", "0")),
-        ino=int(f.get("ino", "0")),
-        size=int(f.get("size", "0")),
-        sha256="" if f.get("sha256", "-") == "-" else f["sha256"],
-        target=target,
-        rdev_major=int(rdev[0]),
-        rdev_minor=int(rdev[1]),
-        xattrs=_parse_xattrs(f.get("xattrs", "")),
-        sparse=_parse_sparse(f.get("sparse", "")),
-        since=int(_header_value(f, "since")),
-        offset=int(f.get("offset", "0")),
-        length=int(f.get("length", "0")),
-        parts=int(f.get("parts", "0")),
-        until=int(f.get("until", "0")),
+        kind,
+        path,
+        int(get("mode", "0"), 8),
+        int(get("uid", "0")),
+        int(get("gid", "0")),
+        b"" if user is None else _field_bytes(user),
+        b"" if group is None else _field_bytes(group),
+        int(get("mtime", "0")),
+        int(get("ctime", "0")),
+        int(get("ino", "0")),
+        int(get("size", "0")),
+        "" if sha == "-" else sha,
+        target,
+        major,
+        minor,
+        () if not xattrs else _parse_xattrs(xattrs),
+        () if not sparse else _parse_sparse(sparse),
+        int(f["since"]),
+        int(get("offset", "0")),
+        int(get("length", "0")),
+        int(get("parts", "0")),
+        int(get("until", "0")),
     )
 
 
@@ -273,7 +358,20 @@ def split_index(data: bytes) -> tuple[IndexHeader, list[bytes]]:
 
 
 def read_entries(stream: Iterable[bytes]) -> Iterator[Entry]:
-    """Entries of an index read line by line (e.g. an open cached index file)."""
+    """Entries of an index read line by line (e.g. an open cached index file).
+
+    An index file of the local state (``blanket.state``) is read through its compact
+    companion when that matches the text, and gets one made otherwise."""
+    name = getattr(stream, "name", None)
+    read = getattr(stream, "read", None)
+    if isinstance(name, str) and read is not None:
+        from blanket.state import cached_entries
+
+        return cached_entries(name, read())
+    return _read_lines(stream)
+
+
+def _read_lines(stream: Iterable[bytes]) -> Iterator[Entry]:
     it = iter(stream)
     for line in it:
         if line in (b"\n", b""):

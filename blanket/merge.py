@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from blanket import model
 from blanket.errors import IntegrityError
-from blanket.model import Entry
+from blanket.model import Entry, fast_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,66 +36,89 @@ class Located:
     origin: int = 0
 
 
-@dataclass(slots=True)
-class _Ancestor:
-    path: bytes
-    cutoff: int  # entries below with since <= cutoff are deleted
-    open: bool  # True when children may be shown (a shown directory)
+fast_init(Located)
 
 
-def _checked(stream: Iterable[Located]) -> Iterator[Located]:
-    """Pass a layer's stream through, refusing one that is not in clock order."""
-    last: bytes | None = None
+def _checked(stream: Iterable[Located], order: int) -> Iterator[tuple[bytes, int, Located]]:
+    """A layer's stream as ``(clock key, order, item)``, refusing one that is not in
+    clock order. ``order`` (the stream's place) breaks ties as ``heapq.merge`` would."""
+    last = b""
+    first = True
+    clock_key = model.clock_key
     for item in stream:
-        key = item.entry.key
-        if last is not None and key < last:
+        key = clock_key(item.entry.path)
+        if key < last and not first:
             raise IntegrityError(
                 f"commit {item.seq} lists {item.entry.path!r} out of clock order "
                 "(a reordered or swapped pack?)"
             )
         last = key
-        yield item
+        first = False
+        yield key, order, item
+
+
+def _keyed_groups(streams: Sequence[Iterable[Located]]) -> Iterator[tuple[bytes, list[Located]]]:
+    """``(clock key, every recorded version of that path)``, path by path in clock order."""
+    if len(streams) == 1:  # one layer: nothing to merge
+        merged: Iterable[tuple[bytes, int, Located]] = _checked(streams[0], 0)
+    else:
+        merged = heapq.merge(*(_checked(s, i) for i, s in enumerate(streams)))
+    group: list[Located] = []
+    current = b""
+    for key, _, item in merged:
+        if group and key != current:
+            yield current, group
+            group = []
+        current = key
+        group.append(item)
+    if group:
+        yield current, group
 
 
 def groups(streams: Sequence[Iterable[Located]]) -> Iterator[list[Located]]:
     """Every recorded version of each path, path by path in clock order."""
-    merged = heapq.merge(*(_checked(s) for s in streams), key=lambda x: x.entry.key)
-    group: list[Located] = []
-    for item in merged:
-        if group and item.entry.key != group[0].entry.key:
-            yield group
-            group = []
-        group.append(item)
-    if group:
+    for _, group in _keyed_groups(streams):
         yield group
 
 
 def replay(streams: Sequence[Iterable[Located]], *, at: int | None = None) -> Iterator[Located]:
     """The tree that replaying ``streams`` gives, as of time ``at`` (ns) or latest."""
-    stack: list[_Ancestor] = []
-    for group in groups(streams):
+    # The chain of ancestors of the current path: (its path + "/" (b"" for the root),
+    # the cutoff below it (entries with since <= cutoff are deleted), whether children
+    # may be shown (a shown directory)). Keys are unique and come depth-first, so a path
+    # lies below an entry exactly when it starts with that entry's prefix.
+    stack: list[tuple[bytes, int, bool]] = []
+    deleted, directory, root = model.DELETED, model.DIR, model.ROOT
+    for _, group in _keyed_groups(streams):
         path = group[0].entry.path
-        while stack and not model.is_within(path, stack[-1].path):
+        while stack and not path.startswith(stack[-1][0]):
             stack.pop()
-        parent = stack[-1] if stack else None
-        cutoff = parent.cutoff if parent else -1
+        if stack:
+            _, cutoff, parent_open = stack[-1]
+        else:
+            cutoff, parent_open = -1, True
+        prefix = b"" if path == root else path + b"/"
+        if len(group) == 1:  # the common case: one version of the path
+            chosen = group[0]
+            e = chosen.entry
+            if at is not None and e.since > at:
+                stack.append((prefix, cutoff, parent_open))
+                continue
+            if e.kind == deleted:
+                stack.append((prefix, max(cutoff, e.since), False))
+                continue
+            shown = parent_open and e.since > cutoff
+            stack.append((prefix, cutoff, shown and e.kind == directory))
+            if shown:
+                yield chosen
+            continue
         candidates = [g for g in group if at is None or g.entry.since <= at]
         if not candidates:
-            stack.append(_Ancestor(path, cutoff, open=parent.open if parent else True))
+            stack.append((prefix, cutoff, parent_open))
             continue
         chosen = max(candidates, key=lambda g: (g.entry.since, g.seq, g.origin))
         markers = [g.entry.since for g in candidates if g.entry.is_deletion]
-        shown = (
-            (parent is None or parent.open)
-            and not chosen.entry.is_deletion
-            and chosen.entry.since > cutoff
-        )
-        stack.append(
-            _Ancestor(
-                path,
-                max([cutoff, *markers]),
-                open=shown and chosen.entry.kind == model.DIR,
-            )
-        )
+        shown = parent_open and not chosen.entry.is_deletion and chosen.entry.since > cutoff
+        stack.append((prefix, max([cutoff, *markers]), shown and chosen.entry.kind == directory))
         if shown:
             yield chosen

@@ -23,11 +23,13 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blanket.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BlanketError
-from blanket.repo import Repository
 from blanket.state import atomic_write, state_root
+
+if TYPE_CHECKING:
+    from blanket.repo import Repository
 
 LOG_NAME = "oplog.jsonl"
 LOG_PREFIX = "log/"

@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,6 +50,60 @@ def kind_of(mode: int) -> str | None:
     return _KINDS.get(stat.S_IFMT(mode))
 
 
+class _Hint(threading.local):
+    """The prior version of the path the walk is expected to reach next (see
+    :func:`prior_hint`); one per thread."""
+
+    entry: Entry | None = None
+
+
+_hint = _Hint()
+
+
+def prior_hint(entry: Entry | None) -> None:
+    """Name the version the prior state holds for the path the next ``entry_for`` call
+    of this thread is likely to describe (``blanket.changes.diff`` does this as it goes,
+    with the prior entry it is about to compare with); None withdraws the hint.
+
+    When that call is for the same path and its ``lstat`` data (kind, permission bits,
+    owner ids, mtime, ctime, inode, size) equal the hint's, ``entry_for`` returns the
+    hinted entry itself without reading anything more: no extended attributes, no
+    sparse map, no user or group names, no new ``Entry``. That is sound because every
+    change to what it skips moves ``ctime`` (``setxattr``/``removexattr``, writes that
+    punch or fill holes, ``chown``), and a version with the same stat data is one that
+    ``blanket.changes.unchanged`` keeps. Only regular files with a single link and
+    directories take this path; symlinks, devices, FIFOs and hard-linked files are
+    always read in full (their target or their link group is part of the version).
+    """
+    _hint.entry = entry
+
+
+def _as_hinted(item: WalkItem, kind: str) -> Entry | None:
+    """The hinted prior entry when ``item`` is that version unchanged, else None."""
+    prior = _hint.entry
+    if prior is None or prior.path != item.path or prior.kind != kind:
+        return None
+    st = item.st
+    if kind == FILE:
+        if st.st_nlink != 1 or prior.size != st.st_size:
+            return None
+    elif kind != DIR:
+        return None
+    if (
+        prior.mtime_ns == st.st_mtime_ns
+        and prior.ctime_ns == st.st_ctime_ns
+        and prior.ino == st.st_ino
+        and prior.mode == stat.S_IMODE(st.st_mode)
+        and prior.uid == st.st_uid
+        and prior.gid == st.st_gid
+        and not prior.target
+        and not prior.rdev_major
+        and not prior.rdev_minor
+    ):
+        return prior
+    return None
+
+
 def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
     """The entry describing ``item``, found under the source directory ``root``.
 
@@ -61,11 +116,18 @@ def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
     ``sparse`` is empty for a dense file; a sparse file holding no data at all gets the
     sentinel ``((size, 0),)``, a zero-length segment at its end, so that it differs from
     a dense one.
+
+    If :func:`prior_hint` named a prior version of this path whose stat data are the
+    same, that entry is returned as it is (its ``since`` is the prior one's).
     """
     st = item.st
     kind = kind_of(st.st_mode)
     if kind is None:
         return None
+    if _hint.entry is not None:
+        hinted = _as_hinted(item, kind)
+        if hinted is not None:
+            return hinted
     target = b""
     sparse: tuple[tuple[int, int], ...] = ()
     with _reachable(os.fsencode(root), item.path) as path:

@@ -20,12 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Protocol, TextIO
-
-from rich.console import Console, RenderableType
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
 
 from blanket.events import (
     Event,
@@ -81,15 +76,43 @@ class Recorder(Protocol):
     def note_warning(self, path: str, message: str) -> None: ...
 
 
-class _Bar(Progress):
-    """A progress row plus a line for the large file being read."""
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
-    heartbeat = ""
+    class _Bar(Progress):
+        heartbeat: str
 
-    def get_renderables(self) -> Iterable[RenderableType]:
-        yield self.make_tasks_table(self.tasks)
-        if self.heartbeat:
-            yield Text(self.heartbeat, no_wrap=True, overflow="ellipsis", style="dim")
+
+def _new_bar(console: Console) -> _Bar:
+    """The live progress display: a progress row plus a line for the large file being
+    read. ``rich`` is imported here, when a terminal first needs it, not at start-up."""
+    from rich.console import RenderableType
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+    from rich.text import Text
+
+    class Bar(Progress):
+        heartbeat = ""
+
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield self.make_tasks_table(self.tasks)
+            if self.heartbeat:
+                yield Text(self.heartbeat, no_wrap=True, overflow="ellipsis", style="dim")
+
+    return cast(
+        "_Bar",
+        Bar(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=28),
+            TextColumn("{task.fields[pct]:>4}"),
+            TextColumn("{task.fields[stats]}"),
+            TextColumn("{task.fields[eta]}"),
+            console=console,
+            transient=True,
+            refresh_per_second=10,
+        ),
+    )
 
 
 class _Tally:
@@ -143,7 +166,7 @@ class Output:
         self.json = json_mode
         self.quiet = quiet
         self.stream: TextIO = sys.stdout
-        self.err = Console(stderr=True, highlight=False)
+        self._err: Console | None = None
         self.live = not json_mode and not quiet and sys.stderr.isatty()
         self.record: Recorder | None = None
         self.estimate: Estimate | None = None
@@ -152,6 +175,19 @@ class Output:
         self._tally = _Tally()
         self._drawn = 0.0
         self._json_at = 0.0
+
+    @property
+    def err(self) -> Console:
+        """A ``rich`` console on stderr (made when first needed)."""
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True, highlight=False)
+        return self._err
+
+    @err.setter
+    def err(self, console: Console) -> None:
+        self._err = console
 
     def data_on_stdout(self) -> None:
         """stdout carries data: send every line of ours to stderr instead."""
@@ -239,17 +275,9 @@ class Output:
         pct = "" if f["fraction"] is None else f"{f['fraction']:.0%}"
         eta = "" if f["eta_seconds"] is None else f"ETA {human_duration(f['eta_seconds'])}"
         if self._bar is None:
-            self._bar = _Bar(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=28),
-                TextColumn("{task.fields[pct]:>4}"),
-                TextColumn("{task.fields[stats]}"),
-                TextColumn("{task.fields[eta]}"),
-                console=self.err,
-                transient=True,
-                refresh_per_second=10,
-            )
+            from rich.markup import escape
+
+            self._bar = _new_bar(self.err)
             title = escape(self.task or "working")
             self._bar.add_task(title, total=None, pct="", stats="", eta="")
             self._bar.start()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from blanket.exclude import Excluder
-from blanket.model import ROOT, check_relpath, join
+from blanket.model import ROOT, check_relpath, fast_init, join
 
 MAX_OPEN_DIRS = 64
 
@@ -43,6 +43,9 @@ class WalkItem:
     path: bytes
     st: os.stat_result
     listing_failed: bool = False
+
+
+fast_init(WalkItem)
 
 
 @dataclass(slots=True)

@@ -70,7 +70,8 @@ def test_entry_line_round_trips(
             ino=99,
             size=size if kind in (model.FILE, model.HARDLINK) else 0,
             sha256="ab" * 32 if kind == model.FILE else "",
-            target=target if kind in (model.SYMLINK, model.HARDLINK) else b"",
+            # a symlink's target is any bytes; a hard link's is a path inside the tree
+            target={model.SYMLINK: target, model.HARDLINK: path}.get(kind, b""),
             rdev_major=3 if kind in (model.CHARDEV, model.BLOCKDEV) else 0,
             rdev_minor=4 if kind in (model.CHARDEV, model.BLOCKDEV) else 0,
             xattrs=tuple(xattrs),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blanket.backup import BackupOptions, run_backup
-from blanket.cli import build_parser
+from blanket.cli import parser_for
 from blanket.repo import Repository
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,6 @@ def test_every_command_in_the_docs_parses(doc: str) -> None:
         text = text.replace("ExecStart=%h/.local/bin/", "").replace("%h", "/home/me")
     lines = command_lines(text, doc.endswith(".md"))
     assert lines, doc
-    parser = build_parser()
     for words in lines:
-        args = parser.parse_args(words)  # raises UsageError (one line) if wrong
+        args = parser_for(words).parse_args(words)  # raises UsageError (one line) if wrong
         assert args.command, words

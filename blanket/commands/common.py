@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from blanket import config
-from blanket.backends import open_backend
-from blanket.backends.base import Backend
-from blanket.crypto import read_passphrase_file
 from blanket.errors import UsageError
-from blanket.repo import Repository
-from blanket.units import parse_at
+
+if TYPE_CHECKING:  # imported where used: parsing the command line needs none of them
+    from blanket import config
+    from blanket.backends.base import Backend
+    from blanket.repo import Repository
 
 _NO_PROFILE = object()
 
@@ -51,6 +50,8 @@ def profile(args: argparse.Namespace, *, needed: bool = True) -> config.Profile 
     cached = getattr(args, "_profile", _NO_PROFILE)
     if cached is not _NO_PROFILE and (cached is not None or not needed):
         return cast("config.Profile | None", cached)
+    from blanket import config
+
     path, named = config.find(getattr(args, "config", None))
     chosen: config.Profile | None = None
     name = getattr(args, "profile", None)
@@ -115,11 +116,15 @@ def passphrase(args: argparse.Namespace) -> str | None:
         or os.environ.get("BLANKET_PASSPHRASE_FILE")
         or setting(args, "passphrase_file")
     )
+    from blanket.crypto import read_passphrase_file
+
     return read_passphrase_file(path) if path else None
 
 
 def backend_for(args: argparse.Namespace, url: str) -> Backend:
     """The store at ``url``, with the endpoint and rate limits in force."""
+    from blanket.backends import open_backend
+
     endpoint = setting(args, "endpoint_url") if url.lower().startswith("s3://") else None
     return open_backend(
         url,
@@ -131,6 +136,8 @@ def backend_for(args: argparse.Namespace, url: str) -> Backend:
 
 def open_repo(args: argparse.Namespace, url: str | None = None) -> Repository:
     """Open the repository (``url``, else the one in force) and tell the operation log."""
+    from blanket.repo import Repository
+
     url = url or repo_url(args)
     invocation = getattr(args, "invocation", None)
     if invocation is not None and invocation.current.url != url:
@@ -143,4 +150,6 @@ def open_repo(args: argparse.Namespace, url: str | None = None) -> Repository:
 
 def at(text: str | None) -> tuple[int | None, int | None]:
     """``--at``: ``(layer, None)``, ``(None, time_ns)`` or ``(None, None)``."""
+    from blanket.units import parse_at
+
     return parse_at(text) if text else (None, None)

@@ -3,18 +3,20 @@
 The data object is downloaded to a temporary file while its SHA-256 is computed; it must
 match the size and hash the (already verified) index records. Then gpg decrypts it and the
 signature is checked before a single byte of the plaintext is used. Only then is the tar
-stream read, member by member, and nothing is ever extracted by ``tarfile`` itself.
+stream read, member by member, by our own reader (``tarread``); nothing is ever extracted
+by ``tarfile``. ``Prefetcher`` runs these fetches one pack ahead of the caller.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from typing import BinaryIO, Generic, TypeVar
 
 import zstandard
 
@@ -22,6 +24,9 @@ from blanket.backends.base import Backend, download_to
 from blanket.crypto import Gpg
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
+from blanket.restore.tarread import Member, TarReader
+
+__all__ = ["HashingSink", "Member", "Prefetcher", "fetch_from_any", "fetch_plaintext", "members"]
 
 CHUNK = 1 << 20
 
@@ -39,22 +44,6 @@ class HashingSink:
         self.digest.update(data)
         self.size += len(data)
         return self.sink.write(data) if self.sink is not None else len(data)
-
-
-@dataclass
-class Member:
-    """A tar member of a pack: its name (bytes) and a reader for its content."""
-
-    name: bytes
-    info: tarfile.TarInfo
-    tar: tarfile.TarFile
-
-    def chunks(self) -> Iterator[bytes]:
-        reader = self.tar.extractfile(self.info)
-        if reader is None:
-            return
-        while block := reader.read(CHUNK):
-            yield block
 
 
 def fetch_from_any(backends: list[Backend], gpg: Gpg, header: IndexHeader, workdir: str) -> str:
@@ -97,11 +86,70 @@ def fetch_plaintext(backend: Backend, gpg: Gpg, header: IndexHeader, workdir: st
 
 def members(zst_path: str) -> Iterator[Member]:
     """The pack's members in stored order, named as in the tar (member names are only
-    looked up, never used as paths)."""
-    with open(zst_path, "rb") as raw:
-        stream = zstandard.ZstdDecompressor().stream_reader(raw)
-        with tarfile.open(
-            fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
-        ) as tar:
-            for info in tar:
-                yield Member(os.fsencode(info.name), info, tar)
+    looked up, never used as paths). A member's content is read before the next member."""
+    with open(zst_path, "rb", buffering=0) as raw:
+        stream = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=CHUNK, read_across_frames=True
+        )
+        yield from TarReader(stream.read)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Prefetcher(Generic[K]):
+    """Fetches packs (download, hash, decrypt, signature: ``fetch``) on a helper thread,
+    one ahead of the pack the caller works on, so gpg runs while files are written.
+
+    ``want`` names packs in the order they will be taken; ``take`` returns the path of a
+    pack's verified plaintext (or raises what ``fetch`` raised), skipping (and removing)
+    packs named earlier but no longer needed. Nothing fetched is used before ``fetch``
+    returned, that is before every check passed. ``close`` waits for the fetch in flight
+    and removes every plaintext not taken.
+    """
+
+    def __init__(self, fetch: Callable[[K], str], ahead: int = 1) -> None:
+        self._fetch, self._ahead = fetch, ahead
+        self._named: deque[K] = deque()
+        self._running: deque[tuple[K, Future[str]]] = deque()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="restore-fetch")
+
+    def want(self, key: K) -> None:
+        self._named.append(key)
+        self._top_up(self._ahead)
+
+    def _top_up(self, depth: int) -> None:
+        while self._named and len(self._running) < depth:
+            key = self._named.popleft()
+            self._running.append((key, self._pool.submit(self._fetch, key)))
+
+    def take(self, key: K) -> str:
+        while True:
+            self._top_up(1)
+            if not self._running:
+                return self._fetch(key)  # never named: fetch it now
+            named, future = self._running.popleft()
+            self._top_up(self._ahead)  # the next one fetches while the caller works
+            if named == key:
+                return future.result()
+            _discard(future)
+
+    def close(self) -> None:
+        self._named.clear()
+        while self._running:
+            _discard(self._running.popleft()[1])
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Prefetcher[K]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _discard(future: Future[str]) -> None:
+    """Wait for a fetch nobody will take and remove what it produced."""
+    if future.cancel():
+        return
+    with suppress(Exception):
+        os.unlink(future.result())

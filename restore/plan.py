@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from blanket import indexfmt, model
+from blanket import model
 from blanket.merge import Located
 from blanket.model import Entry
+from blanket.restore import spill
 
 
 def select(tree: Iterable[Located], tops: list[bytes]) -> Iterator[Located]:
@@ -39,7 +40,7 @@ def select(tree: Iterable[Located], tops: list[bytes]) -> Iterator[Located]:
 
 
 class Plan:
-    """The restore plan, written to ``workdir`` as index-format entry lines."""
+    """The restore plan, written to ``workdir`` in ``spill`` form."""
 
     def __init__(self, workdir: str) -> None:
         self.dir = Path(workdir)
@@ -58,7 +59,7 @@ class Plan:
         return f
 
     def _write(self, name: str, e: Entry) -> None:
-        self._out(name).write(indexfmt.render_entry(e))
+        self._out(name).write(spill.dump(e))
 
     def add(self, item: Located, tops: list[bytes]) -> None:
         e = item.entry
@@ -101,8 +102,7 @@ class Plan:
         if not path.exists():
             return
         with open(path, "rb") as f:
-            for line in f:
-                yield indexfmt.parse_entry(line)
+            yield from spill.load_all(f)
 
     def pack_entries(self, origin: int, seq: int) -> Iterator[Entry]:
         return self.read(f"pack-{origin}-{seq:012d}")

@@ -16,6 +16,7 @@ import itertools
 import os
 import tarfile
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -29,14 +30,18 @@ from blanket.merge import Located, replay
 from blanket.model import Entry
 from blanket.packer import member_name, part_member_name
 from blanket.repo import Repository
-from blanket.restore.fetch import fetch_from_any, members
+from blanket.restore.fetch import Prefetcher, fetch_from_any, members
 from blanket.restore.plan import Plan, missing_tops, select, show
+from blanket.restore.pool import WriterPool
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 from blanket.units import show_time
 
 _PER_FILE = (UnsafePath, ContentMismatch, NotPermitted)
 _UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)
 MAX_FALLBACKS = 8
+WRITERS = 1  # helper threads creating small files: more contend for the directory's lock
+SMALL = 1 << 20  # members up to this size are read whole and written by a helper
+PackKey = tuple[int, int]  # (origin, seq)
 
 
 @dataclass
@@ -172,11 +177,67 @@ class _Restore:
             self.guard(d, partial(writer.finish_dir, d), writer)
 
     def write_content(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
+        """Every file's content: pack by pack, then split files. The next pack is
+        fetched and verified while this one is written; small files are written by a
+        helper thread, judged here in order."""
+        pool: WriterPool[PackKey] = WriterPool(writer, WRITERS, self.file_done)
+        try:
+            with Prefetcher(partial(self.fetch, workdir)) as pre:
+                jobs = itertools.chain(
+                    self.pack_jobs(plan, writer), self.split_jobs(plan, writer, pre)
+                )
+                ahead: deque[_Job] = deque()
+                self.pull(jobs, ahead, pre)
+                while ahead:
+                    job = ahead.popleft()
+                    self.pull(jobs, ahead, pre)  # named now, so it is fetched meanwhile
+                    job.run(pre, writer, pool)
+                    pool.flush()
+            pool.drain()
+        finally:
+            pool.close()
+
+    @staticmethod
+    def pull(jobs: Iterator[_Job], ahead: deque[_Job], pre: Prefetcher[PackKey]) -> None:
+        job = next(jobs, None)
+        if job is not None:
+            ahead.append(job)
+            for key in job.keys:
+                pre.want(key)
+
+    def fetch(self, workdir: str, key: PackKey) -> str:
+        """Runs on the prefetch thread: only reads the repository's fixed state."""
+        repo = self.repos[key[0]]
+        return fetch_from_any(repo.backends, repo.gpg, repo.by_seq[key[1]], workdir)
+
+    def pack_jobs(self, plan: Plan, writer: SafeWriter) -> Iterator[_Job]:
         for origin, seq in sorted(plan.packs):
-            self.restore_pack(plan, origin, seq, writer, workdir)
+            # only find out whether the pack is needed; the rest is checked when written
+            done = 0
+            for e in plan.pack_entries(origin, seq):
+                if not writer.existing_matches(e):
+                    break
+                done += 1
+            self.result.unchanged += done
+            if done < plan.packs[(origin, seq)]:
+                yield _Job([(origin, seq)], partial(self.restore_pack, plan, origin, seq, done))
+
+    def split_jobs(
+        self, plan: Plan, writer: SafeWriter, pre: Prefetcher[PackKey]
+    ) -> Iterator[_Job]:
         for origin, seq in sorted(plan.split):
             for e in plan.split_entries(origin, seq):
-                self.restore_split(origin, seq, e, writer, workdir)
+                if writer.existing_matches(e):
+                    self.result.unchanged += 1
+                    continue
+                parts = self.repos[origin].parts_of(seq, e)
+                covered = sum(p.length for _, p in parts)
+                if len(parts) != e.parts or covered != e.size:
+                    why = f"only {len(parts)} of its {e.parts} parts are in the repository"
+                    yield _Job([], partial(self.content_failed, origin, seq, e, why))
+                    continue
+                keys = [(origin, s) for s, _ in itertools.groupby(parts, key=lambda sp: sp[0])]
+                yield _Job(keys, partial(self.restore_split, origin, seq, e, parts))
 
     def fall_back(self, writer: SafeWriter, workdir: str, attempt: int) -> None:
         """Replan the files whose chosen version could not be had, without those
@@ -198,20 +259,32 @@ class _Restore:
         """Run one write; report per-file trouble and go on; stop on a full disk."""
         try:
             action()
-            for message in writer.warnings:
-                self.problem(e.path, message)
-            return True
-        except _PER_FILE as exc:
-            self.problem(e.path, str(exc))
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise BlanketError(
-                    f"cannot write {show(e.path)} under {self.opts.target}: {exc.strerror}; "
-                    "free space (or pick another --to) and run the restore again"
-                ) from exc
-            self.problem(e.path, exc.strerror or str(exc))
+            error: Exception | None = None
+        except (*_PER_FILE, OSError) as exc:
+            error = exc
+        try:
+            return self.judge(e, error, writer.warnings)
         finally:
             writer.warnings.clear()
+
+    def judge(self, e: Entry, error: Exception | None, warnings: list[str]) -> bool:
+        """Report the outcome of one write (its warnings if it worked); a full disk stops
+        the run, anything unexpected is raised again."""
+        if error is None:
+            for message in warnings:
+                self.problem(e.path, message)
+            return True
+        if isinstance(error, _PER_FILE):
+            self.problem(e.path, str(error))
+        elif isinstance(error, OSError):
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise BlanketError(
+                    f"cannot write {show(e.path)} under {self.opts.target}: {error.strerror}; "
+                    "free space (or pick another --to) and run the restore again"
+                ) from error
+            self.problem(e.path, error.strerror or str(error))
+        else:
+            raise error
         return False
 
     def make_link(self, writer: SafeWriter, e: Entry) -> None:
@@ -232,16 +305,26 @@ class _Restore:
         self.listener(FileRestored(e.path, e.size))
 
     def restore_pack(
-        self, plan: Plan, origin: int, seq: int, writer: SafeWriter, workdir: str
+        self,
+        plan: Plan,
+        origin: int,
+        seq: int,
+        done: int,
+        pre: Prefetcher[PackKey],
+        writer: SafeWriter,
+        pool: WriterPool[PackKey],
     ) -> None:
-        wanted = [e for e in plan.pack_entries(origin, seq) if not writer.existing_matches(e)]
-        self.result.unchanged += plan.packs[(origin, seq)] - len(wanted)
+        """The files of one pack; the first ``done`` are already in place."""
+        wanted = []
+        for i, e in enumerate(plan.pack_entries(origin, seq)):
+            if i >= done and not writer.existing_matches(e):
+                wanted.append(e)
+        self.result.unchanged += plan.packs[(origin, seq)] - done - len(wanted)
         if not wanted:
             return
-        repo = self.repos[origin]
-        header = repo.by_seq[seq]
+        header = self.repos[origin].by_seq[seq]
         try:
-            zst = fetch_from_any(repo.backends, repo.gpg, header, workdir)
+            zst = pre.take((origin, seq))
         except IntegrityError as exc:
             for e in wanted:
                 self.content_failed(origin, seq, e, str(exc))
@@ -252,10 +335,17 @@ class _Restore:
         pending: dict[bytes, list[Entry]] = {}
         for e in wanted:
             pending.setdefault(os.fsencode(member_name(e.target or e.path)), []).append(e)
+        del wanted
         try:
             for m in members(zst):
-                for e in pending.pop(m.name, []):
-                    self.put_file(origin, seq, e, m.chunks(), writer)
+                if m.name not in pending:
+                    continue
+                small = m.content(SMALL)
+                for e in pending.pop(m.name):
+                    if small is not None:
+                        pool.submit((origin, seq), e, small)
+                    else:
+                        self.put_file(origin, seq, e, m.chunks(), writer)
         except _UNREADABLE as exc:
             for e in itertools.chain(*pending.values()):
                 self.content_failed(origin, seq, e, f"{header.data_key} is unreadable: {exc}")
@@ -266,37 +356,41 @@ class _Restore:
             self.content_failed(origin, seq, e, f"missing from {header.data_key}")
 
     def restore_split(
-        self, origin: int, seq: int, e: Entry, writer: SafeWriter, workdir: str
+        self,
+        origin: int,
+        seq: int,
+        e: Entry,
+        parts: list[tuple[int, Entry]],
+        pre: Prefetcher[PackKey],
+        writer: SafeWriter,
+        pool: WriterPool[PackKey],
     ) -> None:
-        if writer.existing_matches(e):
-            self.result.unchanged += 1
-            return
-        repo = self.repos[origin]
-        parts = repo.parts_of(seq, e)
-        covered = sum(p.length for _, p in parts)
-        if len(parts) != e.parts or covered != e.size:
-            why = f"only {len(parts)} of its {e.parts} parts are in the repository"
-            self.content_failed(origin, seq, e, why)
-            return
-        job = _SplitRestore(repo, parts, workdir)
+        job = _SplitRestore(self.repos[origin], parts, lambda s: pre.take((origin, s)))
         self.put_file(origin, seq, e, job.chunks(), writer)
         self.result.packs_read += job.packs_read
 
     def put_file(
         self, origin: int, seq: int, e: Entry, chunks: Iterator[bytes], writer: SafeWriter
     ) -> None:
-        """Write one file; content that fails its checks sends the path to fall back."""
-        written = False
+        """Write one file here and now (see ``file_done``)."""
+        try:
+            writer.write_file(e, chunks)
+            error: Exception | None = None
+        except (*_UNREADABLE, *_PER_FILE, OSError) as exc:
+            error = exc
+        try:
+            self.file_done((origin, seq), e, error, writer.warnings)
+        finally:
+            writer.warnings.clear()
 
-        def write() -> None:
-            nonlocal written
-            try:
-                writer.write_file(e, chunks)
-                written = True
-            except (*_UNREADABLE, ContentMismatch) as exc:
-                self.content_failed(origin, seq, e, str(exc))
-
-        if self.guard(e, write, writer) and written:
+    def file_done(
+        self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]
+    ) -> None:
+        """Judge one file's write: content that fails its checks sends the path to fall
+        back; other trouble is reported (or stops the run, see ``judge``)."""
+        if isinstance(error, (*_UNREADABLE, ContentMismatch)):
+            self.content_failed(*where, e, str(error))
+        elif self.judge(e, error, warnings):
             self.restored(e)
 
 
@@ -309,18 +403,34 @@ def _part_name(p: Entry) -> bytes:
     return os.fsencode(part_member_name(p.path, p.offset))
 
 
+@dataclass
+class _Job:
+    """Work on the content of some files: the packs it takes, in order, and what to run."""
+
+    keys: list[PackKey]
+    action: Callable[..., None]
+
+    def run(self, pre: Prefetcher[PackKey], writer: SafeWriter, pool: WriterPool[PackKey]) -> None:
+        if self.keys:
+            self.action(pre, writer, pool)
+        else:
+            self.action()
+
+
 class _SplitRestore:
     """The content of a split file, streamed from its parts across consecutive packs."""
 
-    def __init__(self, repo: Repository, parts: list[tuple[int, Entry]], workdir: str) -> None:
-        self.repo, self.parts, self.workdir = repo, parts, workdir
+    def __init__(
+        self, repo: Repository, parts: list[tuple[int, Entry]], take: Callable[[int], str]
+    ) -> None:
+        self.repo, self.parts, self.take = repo, parts, take
         self.packs_read = 0
 
     def chunks(self) -> Iterator[bytes]:
         for seq, group in itertools.groupby(self.parts, key=lambda sp: sp[0]):
             wanted = {_part_name(p): p for _, p in group}
             header = self.repo.by_seq[seq]
-            zst = fetch_from_any(self.repo.backends, self.repo.gpg, header, self.workdir)
+            zst = self.take(seq)
             self.packs_read += 1
             try:
                 for m in members(zst):

@@ -179,13 +179,25 @@ class SafeWriter:
     ``warnings`` (the caller reports them); every other failure raises.
     """
 
-    def __init__(self, target: str | bytes, *, restore_owner: bool | None = None) -> None:
-        top = os.fsencode(target)
-        os.makedirs(top, exist_ok=True)
-        self._root = os.open(os.path.realpath(top), _DIR_FLAGS)
+    def __init__(
+        self, target: str | bytes, *, restore_owner: bool | None = None, _root: int = -1
+    ) -> None:
+        if _root < 0:
+            top = os.fsencode(target)
+            os.makedirs(top, exist_ok=True)
+            _root = os.open(os.path.realpath(top), _DIR_FLAGS)
+        self._root = _root
         self.restore_owner = os.geteuid() == 0 if restore_owner is None else restore_owner
         self.warnings: list[str] = []
         self._cached: tuple[bytes, int] | None = None
+
+    def clone(self) -> SafeWriter:
+        """A writer below the very same target directory (a duplicate of its descriptor)
+        with its own descriptor cache and warnings: one per thread, as neither is shared
+        safely. Close it like this one."""
+        if self._root < 0:
+            raise ValueError("SafeWriter is closed")
+        return SafeWriter(b"", restore_owner=self.restore_owner, _root=os.dup(self._root))
 
     # --- lifecycle ------------------------------------------------------------------
 

@@ -126,6 +126,13 @@ class Backend(ABC):
         while reading a file object ``data`` propagate unchanged; nothing is stored then.
         """
 
+    def put_file(self, key: str, path: str) -> None:
+        """Store the content of the local file ``path``, which nobody writes any more,
+        under ``key`` (as :meth:`put`). A store may take the file itself instead of a
+        copy (the local store hard-links it when it lives on the same filesystem)."""
+        with open(path, "rb") as f:
+            self.put(key, f)
+
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Return the whole object.

@@ -55,6 +55,40 @@ class LocalBackend(Backend):
             with self._errors("write", key):
                 os.close(dir_fd)
 
+    def put_file(self, key: str, path: str) -> None:
+        """Like ``put``, but a file on the store's filesystem is hard-linked into place
+        (and fsynced) instead of copied: a pack spooled next to a local store is written
+        to the disk once."""
+        check_key(key)
+        if not self.exists():
+            raise StoreError(f"{self.describe()} does not exist; create the store first")
+        with self._errors("write", key):
+            dir_fd, name = self._open_parent(key, create=True)
+        try:
+            tmp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            try:
+                os.link(path, tmp, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:  # another filesystem, or links not allowed: copy
+                with open(path, "rb") as f:
+                    self._put_at(dir_fd, name, key, f, False)
+                return
+            try:
+                with self._errors("write", key):
+                    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                with self._errors("store", key):
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    os.fsync(dir_fd)
+            finally:
+                with self._errors("remove the temporary file of", key), suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+        finally:
+            with self._errors("write", key):
+                os.close(dir_fd)
+
     def get(self, key: str) -> bytes:
         with self._open(key) as (fd, size):
             return _read_at(fd, 0, size)

@@ -911,6 +911,9 @@ class Bench:
             )
             if check.returncode == 0:
                 self.env["PYTHONPATH"] = str(dest)
+                # as an installed package has them: with PYTHONDONTWRITEBYTECODE set (as on
+                # some machines) every command would otherwise compile its modules anew
+                subprocess.run([str(py), "-m", "compileall", "-q", str(dest)], check=True)
                 return digest
             if time.monotonic() > deadline:
                 raise SystemExit(f"the blanket source does not run: {check.stderr[-300:]!r}")

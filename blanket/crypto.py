@@ -10,6 +10,7 @@ the passphrase and gpg's modification detection (MDC), which gpg enforces.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any
 import gnupg
 
 from blanket.errors import CryptoError, IntegrityError, UsageError, WrongKey
+from blanket.pump import Pump
 
 PUBKEY = "pubkey"
 SYMMETRIC = "symmetric"
@@ -211,8 +213,8 @@ class EncryptProcess:
     """One gpg process that encrypts (and signs) what is written to ``fd`` into the file
     ``out_path``.
 
-    The bytes go straight from our ``os.write`` to gpg's stdin, with no Python thread
-    copying them, so gpg runs on the other core while the interpreter goes on. ``write``
+    The bytes go by ``os.write`` from a feeding thread (:class:`blanket.pump.Pump`) to
+    gpg's stdin, so neither the interpreter nor zstd waits while gpg catches up. ``write``
     the plaintext, then ``finish()``: it waits for gpg and raises if gpg did not report a
     finished encryption (and, in public-key mode, a signature). ``abort()`` stops gpg and
     removes the output.
@@ -243,19 +245,25 @@ class EncryptProcess:
             raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
         assert self._proc.stdin is not None
         self.fd = self._proc.stdin.fileno()
+        _widen_pipe(self.fd)
+        self._pump = Pump(self.fd, name="blanket-gpg-feed")
         if key.passphrase is not None:  # --passphrase-fd 0: the first line, then the data
             self.write(key.passphrase.encode("utf-8") + b"\n")
 
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        """Queue ``data`` for gpg (a feeding thread writes it; see blanket.pump)."""
         try:
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except BrokenPipeError:
-            raise CryptoError(f"gpg stopped while encrypting: {self._reason()}") from None
+            self._pump.put(data)
+        except OSError as exc:
+            raise CryptoError(f"gpg stopped while encrypting: {self._reason(exc)}") from None
 
     def finish(self) -> None:
         assert self._proc.stdin is not None
+        try:
+            self._pump.close()
+        except OSError as exc:
+            self.abort()
+            raise CryptoError(f"gpg stopped while encrypting: {self._reason(exc)}") from None
         try:
             self._proc.stdin.close()
         except BrokenPipeError:
@@ -270,12 +278,15 @@ class EncryptProcess:
             _remove(self.out_path)
             raise CryptoError(f"gpg could not encrypt: {_last_message(text, code)}")
 
-    def _reason(self) -> str:
+    def _reason(self, exc: OSError) -> str:
+        if self._status.closed:
+            return exc.strerror or str(exc)
         code = self._proc.wait()
         self._status.seek(0)
         return _last_message(self._status.read().decode("utf-8", "replace"), code)
 
     def abort(self) -> None:
+        self._pump.abandon()
         self._proc.kill()
         try:
             assert self._proc.stdin is not None
@@ -283,10 +294,25 @@ class EncryptProcess:
         except OSError:
             pass
         self._proc.wait()
-        self._status.close()
+        if not self._status.closed:
+            self._status.close()
         _remove(self.out_path)
 
 
 def _last_message(stderr: str, code: int) -> str:
     lines = [ln.removeprefix("gpg: ") for ln in stderr.splitlines() if ln.startswith("gpg: ")]
     return lines[-1].strip() if lines else f"exit status {code}"
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give a pipe a buffer of up to 1 MiB (Linux; 64 KiB by default), so a burst of
+    compressed output does not hold the writer while gpg is reading the one before."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is None:
+        return
+    for size in (1 << 20, 256 << 10):
+        try:
+            fcntl.fcntl(fd, set_size, size)
+            return
+        except OSError:  # above /proc/sys/fs/pipe-max-size, or the user's pipe quota
+            continue

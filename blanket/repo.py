@@ -281,8 +281,7 @@ class Repository:
         pointing at a bad object."""
         problem = ""
         for _ in range(attempts):
-            with open(sealed.path, "rb") as f:
-                self.backend.put(key, f)
+            self.backend.put_file(key, sealed.path)
             try:
                 info = self.backend.head(key)
             except NotFound:

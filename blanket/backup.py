@@ -38,7 +38,7 @@ from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import PackWriter, Sealing, inner_index
+from blanket.packer import PackWriter, Sealing, inner_index, new_compressor
 from blanket.repo import Repository
 from blanket.walker import walk
 
@@ -218,6 +218,7 @@ class _Run:
         self.expire_below = current_expire_below(repo.headers)
         self.shown_at = 0.0  # when a Position event was last sent
         self.seq = repo.next_seq()  # of the next pack this run seals
+        self.zstd = new_compressor(opts.level)  # shared by the run's packs, in turn
         self.committer = _Committer(self.commit, self.record)
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
@@ -290,7 +291,7 @@ class _Run:
     def writer(self) -> PackWriter:
         if self.pack is None:
             self.pack = PackWriter(
-                self.repo.gpg, str(self.repo.state.spool_dir), level=self.opts.level
+                self.repo.gpg, str(self.repo.state.spool_dir), compressor=self.zstd
             )
             self.pack_started = time.monotonic()
         return self.pack

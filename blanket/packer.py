@@ -110,6 +110,14 @@ def entry_header(
     )
 
 
+def new_compressor(level: int = 3) -> zstandard.ZstdCompressor:
+    """A zstd compressor that works on one worker thread of its own (no GIL held) in
+    jobs of 2 MiB. A run passes one to all its packs, one after the other: a context per
+    pack would leave each one's buffers to the allocator (tens of MiB each)."""
+    params = zstandard.ZstdCompressionParameters.from_level(level, threads=1, job_size=2 << 20)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
 def inner_index(index_text: bytes) -> bytes:
     """The copy of an index that its pack holds: without the lines a pack cannot know
     when it is sealed (its own data object's key, size and hash, and the hash of the
@@ -158,17 +166,24 @@ class PackWriter:
 
     The tar stream is built here (headers by ``tarfile.TarInfo``, file data written as
     it is read), gathered into blocks of about a megabyte and handed to zstd, which
-    compresses on its own worker thread (``threads``; no GIL held); the compressed bytes
+    compresses on its own worker thread (:func:`new_compressor`); the compressed bytes
     go by ``os.write`` into the stdin of one gpg process per pack, which writes the
     spool file. So reading and hashing (here), compressing (zstd's thread) and signing
     plus encrypting (gpg) run at the same time.
     """
 
-    def __init__(self, gpg: Gpg, spool_dir: str, *, level: int = 3, threads: int = 1) -> None:
+    def __init__(
+        self,
+        gpg: Gpg,
+        spool_dir: str,
+        *,
+        level: int = 3,
+        compressor: zstandard.ZstdCompressor | None = None,
+    ) -> None:
         fd, self.spool_path = tempfile.mkstemp(prefix="pack-", dir=spool_dir)
         os.close(fd)
         self._gpg = EncryptProcess(gpg, self.spool_path)
-        self._zc = zstandard.ZstdCompressor(level=level, threads=threads)
+        self._zc = compressor or new_compressor(level)
         self._z = self._zc.compressobj(size=-1)
         self._buf = bytearray()
         self._offset = 0  # bytes of tar stream so far

@@ -44,27 +44,14 @@ class LocalBackend(Backend):
         self.root = Path(os.path.abspath(root))
 
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
-        check_key(key)
-        if not self.exists():
-            raise StoreError(f"{self.describe()} does not exist; create the store first")
-        with self._errors("write", key):
-            dir_fd, name = self._open_parent(key, create=True)
-        try:
+        with self._parent_for_write(key) as (dir_fd, name):
             self._put_at(dir_fd, name, key, data, if_absent)
-        finally:
-            with self._errors("write", key):
-                os.close(dir_fd)
 
     def put_file(self, key: str, path: str) -> None:
         """Like ``put``, but a file on the store's filesystem is hard-linked into place
         (and fsynced) instead of copied: a pack spooled next to a local store is written
         to the disk once."""
-        check_key(key)
-        if not self.exists():
-            raise StoreError(f"{self.describe()} does not exist; create the store first")
-        with self._errors("write", key):
-            dir_fd, name = self._open_parent(key, create=True)
-        try:
+        with self._parent_for_write(key) as (dir_fd, name):
             tmp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
             try:
                 os.link(path, tmp, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -85,6 +72,17 @@ class LocalBackend(Backend):
             finally:
                 with self._errors("remove the temporary file of", key), suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=dir_fd)
+
+    @contextmanager
+    def _parent_for_write(self, key: str) -> Iterator[tuple[int, str]]:
+        """The open directory that will hold ``key`` (created if needed) and the name."""
+        check_key(key)
+        if not self.exists():
+            raise StoreError(f"{self.describe()} does not exist; create the store first")
+        with self._errors("write", key):
+            dir_fd, name = self._open_parent(key, create=True)
+        try:
+            yield dir_fd, name
         finally:
             with self._errors("write", key):
                 os.close(dir_fd)

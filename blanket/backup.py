@@ -57,6 +57,7 @@ class BackupOptions:
     max_bytes: int | None = None
     level: int = 3
     cap: int | None = None  # keep the repository under this many bytes (expiry + gc)
+    keep_history: bool = False  # gc copies forward the versions expired layers would lose
 
 
 @dataclass
@@ -574,14 +575,16 @@ def run_backup(
         run = _Run(repo, src, opts, listener, stop or threading.Event(), clock)
         run.on_commit = lock.renew
         if opts.cap is not None:
-            plan = collect(repo, cap=opts.cap, dry_run=True).plan
+            plan = collect(repo, cap=opts.cap, dry_run=True, keep_history=opts.keep_history).plan
             if not plan.fits:
                 raise BlanketError(plan.message)
             run.expire_below = max(run.expire_below, plan.expire_below)
         result = run.go()
         result.expire_below = run.expire_below
         if opts.cap is not None and result.complete:
-            result.gc = collect(repo, cap=opts.cap)
+            result.gc = collect(
+                repo, cap=opts.cap, keep_history=opts.keep_history, progress=lock.renew
+            )
             if result.gc.total_after > opts.cap:
                 raise BlanketError(
                     f"the repository takes {result.gc.total_after} bytes, over the cap of "

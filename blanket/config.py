@@ -39,7 +39,8 @@ SIZES = ("cap", "pack_size", "max_bytes", "limit_upload", "limit_download")
 DURATIONS = ("pack_time", "if_older_than", "max_time")
 PATHS = ("gnupghome", "passphrase_file", "prometheus_file")
 TEXTS = ("key", "endpoint_url")
-SETTINGS = (*SIZES, *DURATIONS, *PATHS, *TEXTS, "excludes")
+FLAGS = ("keep_history",)
+SETTINGS = (*SIZES, *DURATIONS, *PATHS, *TEXTS, *FLAGS, "excludes")
 PROFILE_KEYS = (*SETTINGS, "source", "repository", "sources")
 SOURCE_KEYS = ("source", "repository", "excludes")
 TOP_KEYS = ("default", "defaults", "profiles")
@@ -153,6 +154,11 @@ def _settings(table: dict[str, Any], where: Where, report: Report) -> dict[str, 
                 report(at, 'must be a list of patterns, like [".cache/", "*.tmp"]')
                 continue
             values[key] = list(value)
+        elif key in FLAGS:
+            if not isinstance(value, bool):
+                report(at, f"must be true or false, like {key} = true")
+                continue
+            values[key] = value
         elif not isinstance(value, str):
             report(at, f'must be a string, like {key} = "..."')
         elif key in SIZES:

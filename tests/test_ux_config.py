@@ -44,6 +44,27 @@ def test_the_example_config_is_valid() -> None:
     assert offsite.targets[2].excludes == [".cache/", "*.tmp", "node_modules/", "*.xcf"]
     assert offsite.get("limit_upload") == 2 << 20 and offsite.get("max_time") == 7200
     assert loaded.profile("laptop").get("key") == "0123456789ABCDEF0123456789ABCDEF01234567"
+    assert loaded.profile("laptop").get("keep_history") is True
+
+
+def test_keep_history_reaches_backup_from_the_flag_and_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blanket.cli import parser_for
+    from blanket.commands import backup
+
+    def opts(words: list[str]) -> bool:
+        args = parser_for(words).parse_args(words)
+        return backup.options(args, backup.targets(args)[0]).keep_history
+
+    base = ["backup", "--repo", str(tmp_path / "r"), "--cap", "1G", str(tmp_path)]
+    assert opts(base) is False
+    assert opts([*base, "--keep-history"]) is True
+    home = tmp_path / "home"
+    write_config(home, f'[profiles.a]\nsource = "{tmp_path}"\nrepository = "{tmp_path}/r"\n'
+                 'cap = "1G"\nkeep_history = true\n')  # fmt: skip
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    assert opts(["backup", "--profile", "a"]) is True
 
 
 @pytest.mark.parametrize(
@@ -53,6 +74,7 @@ def test_the_example_config_is_valid() -> None:
         ('[profiles.a]\nsource = "/s"\nrepository = "/r"\ncap = "5X"\n', 4, "is not a size"),
         ('[profiles.a]\nsource = "/s"\n\nexclude = ["x"]\nrepository = "/r"\n', 4, "'excludes'"),
         ('[profiles.a]\nmax_time = "soon"\n', 2, "is not a duration"),
+        ('[profiles.a]\nkeep_history = "yes"\n', 2, "must be true or false"),
         ('[profiles.a]\nsource = "/s"\nrepository = 5\n', 3, "must be a URL"),
         ('[profiles.a]\nlimit_upload = "fast"\n', 2, "limit_upload: 'fast' is not a size"),
         ("[defaults]\nsources = []\n", 2, "unknown setting"),

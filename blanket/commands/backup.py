@@ -57,6 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cap", type=size_arg("--cap"), help="keep the repository under this size (e.g. 50G)"
     )
+    p.add_argument(
+        "--keep-history",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with --cap: copy forward the old versions that deleted layers would lose, as "
+        "many as fit (downloads only the packs that hold them)",
+    )
 
 
 def options(args: argparse.Namespace, target: Target) -> BackupOptions:
@@ -68,6 +76,7 @@ def options(args: argparse.Namespace, target: Target) -> BackupOptions:
         max_seconds=setting(args, "max_time"),
         max_bytes=setting(args, "max_bytes"),
         cap=setting(args, "cap"),
+        keep_history=bool(setting(args, "keep_history")),
     )
     check_patterns(opts.excludes)
     return opts

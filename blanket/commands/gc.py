@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from blanket.commands.common import open_repo
+from blanket.commands.common import open_repo, setting
 from blanket.errors import EXIT_FATAL, EXIT_OK
 from blanket.gc import GcResult, run_gc
 from blanket.ui import Output
@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    cap = parse_size(args.cap, "--cap") if args.cap else None
+    cap = parse_size(args.cap, "--cap") if args.cap else setting(args, "cap")
+    args.keep_history = args.keep_history or bool(setting(args, "keep_history"))
     result = run_gc(open_repo(args), cap=cap, dry_run=args.dry_run, keep_history=args.keep_history)
     plan = result.plan
     hist = result.history

@@ -23,14 +23,24 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def _child_gc(url: str, home: str, crash_at: int | None, count_file: Path) -> int:
+def child_gc(
+    url: str,
+    home: str,
+    crash_at: int | None,
+    count_file: Path,
+    *,
+    cap: int = 1,
+    keep_history: bool = False,
+) -> int:
+    """Run gc in a child process that dies at store call ``crash_at`` (None: never);
+    a run that finishes writes how many store calls it made to ``count_file``."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
             counter = _Counter(crash_at)
             repo = Repository.open(CountingBackend(LocalBackend(url), counter), home)
-            run_gc(repo, cap=1)
+            run_gc(repo, cap=cap, keep_history=keep_history)
             count_file.write_text(str(counter.count))
             code = 0
         finally:
@@ -71,12 +81,12 @@ def test_gc_killed_at_any_store_call_leaves_a_sound_repository(
         shutil.copytree(pristine / "state", os.environ["BLANKET_STATE_DIR"])
 
     count_file = tmp_path / "count"
-    assert _child_gc(repo_url, keyring.home, None, count_file) == 0
+    assert child_gc(repo_url, keyring.home, None, count_file) == 0
     points = int(count_file.read_text())
     assert points > 10
     for i in range(1, points + 1):
         reset()
-        assert _child_gc(repo_url, keyring.home, i, count_file) == CRASHED, f"point {i}"
+        assert child_gc(repo_url, keyring.home, i, count_file) == CRASHED, f"point {i}"
         after = reopen()
         after.refresh()  # strict: the chain is sound right after the crash
         out = tmp_path / f"crash{i}"

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from test_crash import CRASHED, CountingBackend, _Counter
+from test_crash import CRASHED
+from test_gc_crash import child_gc
 
 from blanket import model
 from blanket.backends.local import LocalBackend
@@ -370,22 +371,6 @@ def test_history_budget_keeps_the_most_recent_copies_that_fit() -> None:
     assert hopeless.keep == [] and hopeless.dropped == 0 and not hopeless.plan.fits
 
 
-def _child_gc(url: str, home: str, cap: int, crash_at: int | None, count_file: Path) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            counter = _Counter(crash_at)
-            repo = Repository.open(CountingBackend(LocalBackend(url), counter), home)
-            run_gc(repo, cap=cap, keep_history=True)
-            count_file.write_text(str(counter.count))
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_keep_history_gc_killed_at_any_store_call_loses_nothing(
     repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
 ) -> None:
@@ -413,13 +398,18 @@ def test_keep_history_gc_killed_at_any_store_call_loses_nothing(
         shutil.copytree(pristine / "state", os.environ["BLANKET_STATE_DIR"])
 
     count_file = tmp_path / "count"
-    assert _child_gc(repo_url, keyring.home, cap, None, count_file) == 0
+    assert child_gc(repo_url, keyring.home, None, count_file, cap=cap, keep_history=True) == 0
     points = int(count_file.read_text())
     assert points > 10
     latest = _linked(run.points[-1][2])
-    for i in range(1, points + 1):
+    # every other point and the last five, as tests/test_crash.py does (a time budget);
+    # BLANKET_EVERY_CRASH_POINT=1 tries them all
+    stride = 1 if os.environ.get("BLANKET_EVERY_CRASH_POINT") else 2
+    for i in sorted(set(range(1, points + 1, stride)) | set(range(points - 4, points + 1))):
         reset()
-        assert _child_gc(repo_url, keyring.home, cap, i, count_file) == CRASHED, f"point {i}"
+        assert (
+            child_gc(repo_url, keyring.home, i, count_file, cap=cap, keep_history=True) == CRASHED
+        ), f"point {i}"
         after = reopen(repo_url, keyring.home)  # strict: the chain is sound after the crash
         got, problems = restored(after, tmp_path / f"crash{i}", 1 << 62)
         assert problems == [] and _linked(got) == latest, f"point {i}"

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from zstandard import ZstdCompressor
+
 from blanket import model, reading, scan
 from blanket.changes import Delete, Emit, Keep, Seen, diff
 from blanket.errors import BlanketError, UsageError
@@ -164,9 +166,8 @@ class _Committer:
                 self._failed = True
                 raise
 
-        finished = self.done(wait_for=len(self._queue) - self._depth + 1)
-        self._queue.append(self._pool.submit(job))
-        return finished
+        self._queue.append(self._pool.submit(job))  # queued even if an earlier one failed:
+        return self.done(wait_for=len(self._queue) - self._depth)  # its job aborts its gpg
 
     def done(self, *, wait_for: int = 0) -> list[IndexHeader]:
         """Commits finished so far, in order; waits for the oldest ``wait_for`` of those
@@ -219,7 +220,7 @@ class _Run:
         self.expire_below = current_expire_below(repo.headers)
         self.shown_at = 0.0  # when a Position event was last sent
         self.seq = repo.next_seq()  # of the next pack this run seals
-        self.zstd = new_compressor(opts.level)  # shared by the run's packs, in turn
+        self.zstd: ZstdCompressor | None = new_compressor(opts.level)  # the run's packs', in turn
         self.committer = _Committer(self.commit, self.record)
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
@@ -535,6 +536,10 @@ class _Run:
             if self.pack is not None:
                 self.pack.abort()
             self.committer.close()
+            # free zstd's worker pool now, in the process and while the thread that
+            # made it is known: an exception's traceback may keep this run alive, and a
+            # pool that outlives its thread (a fork) can never be freed
+            self.zstd = None
         self.result.pointer = self.last_path
         self.result.coverage = self.coverage()
         return self.result

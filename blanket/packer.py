@@ -183,7 +183,9 @@ class PackWriter:
         fd, self.spool_path = tempfile.mkstemp(prefix="pack-", dir=spool_dir)
         os.close(fd)
         self._gpg = EncryptProcess(gpg, self.spool_path)
-        self._zc = compressor or new_compressor(level)
+        # without a compressor handed in (gc, tests): zstd on this thread; a worker
+        # pool is for a backup run, which owns one and frees it when it ends
+        self._zc = compressor or zstandard.ZstdCompressor(level=level)
         self._z = self._zc.compressobj(size=-1)
         self._buf = bytearray()
         self._offset = 0  # bytes of tar stream so far

@@ -14,15 +14,14 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from zstandard import ZstdCompressor
 
 from blanket import model, reading, scan
 from blanket.changes import Delete, Emit, Keep, Seen, diff
+from blanket.committer import Committer, Sealed
 from blanket.errors import BlanketError, UsageError
 from blanket.events import (
     FileStored,
@@ -40,7 +39,7 @@ from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import PackWriter, Sealing, inner_index, new_compressor
+from blanket.packer import PackWriter, inner_index, new_compressor
 from blanket.repo import Repository
 from blanket.walker import walk
 
@@ -115,76 +114,6 @@ def _check_source(repo: Repository, source: bytes, host: str) -> None:
         )
 
 
-@dataclass
-class _Sealed:
-    """A pack handed to the committer, with what to record once it is committed."""
-
-    sealing: Sealing
-    header: IndexHeader
-    entries: list[Entry]
-    links: dict[tuple[int, int], bytes]
-
-
-class _Committer:
-    """Commits sealed packs in clock order on one background thread, while the run goes
-    on building the next pack. At most ``depth`` packs wait or commit at once.
-
-    After a pack is committed (data, then index), the same thread records the clock
-    pointer (the pack's ``clock-to``) and the hard-link groups met up to it in the
-    local state and renews the lease, so the local state never runs ahead of the
-    store. If a commit fails, every later one is refused: a pack must never be
-    committed after a gap in the clock. The run thread collects finished commits with
-    ``done()`` (which raises what a commit raised).
-    """
-
-    def __init__(
-        self,
-        commit: Callable[[_Sealed], IndexHeader],
-        record: Callable[[IndexHeader, _Sealed], None],
-        depth: int = 2,
-    ) -> None:
-        self._commit = commit
-        self._record = record
-        self._depth = depth
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blanket-commit")
-        self._queue: deque[Future[IndexHeader]] = deque()
-        self._failed = False
-
-    def submit(self, sealed: _Sealed) -> list[IndexHeader]:
-        """Queue ``sealed``; returns the commits finished meanwhile (waiting for the
-        oldest when ``depth`` are already queued)."""
-
-        def job() -> IndexHeader:
-            if self._failed:
-                sealed.sealing.abort()
-                raise BlanketError("not committed: an earlier pack of this run failed")
-            try:
-                final = self._commit(sealed)
-                self._record(final, sealed)
-                return final
-            except BaseException:
-                self._failed = True
-                raise
-
-        self._queue.append(self._pool.submit(job))  # queued even if an earlier one failed:
-        return self.done(wait_for=len(self._queue) - self._depth)  # its job aborts its gpg
-
-    def done(self, *, wait_for: int = 0) -> list[IndexHeader]:
-        """Commits finished so far, in order; waits for the oldest ``wait_for`` of those
-        queued (all of them with ``wait_for=-1``)."""
-        out: list[IndexHeader] = []
-        if wait_for < 0:
-            wait_for = len(self._queue)
-        while self._queue and (wait_for > 0 or self._queue[0].done()):
-            out.append(self._queue.popleft().result())
-            wait_for -= 1
-        return out
-
-    def close(self) -> None:
-        """Let queued commits finish (each is whole or not at all), then stop."""
-        self._pool.shutdown(wait=True)
-
-
 class _Run:
     """The state of one run; ``go`` does the work."""
 
@@ -221,7 +150,7 @@ class _Run:
         self.shown_at = 0.0  # when a Position event was last sent
         self.seq = repo.next_seq()  # of the next pack this run seals
         self.zstd: ZstdCompressor | None = new_compressor(opts.level)  # the run's packs', in turn
-        self.committer = _Committer(self.commit, self.record)
+        self.committer = Committer(self.commit, self.record)
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
         """Parts of a split file committed by a run that stopped inside that file: they
@@ -437,19 +366,19 @@ class _Run:
             self.pos.layer_pack += 1
             self.pack_from = self.last_path
             links = dict(self.links) if self.links else {}
-            sealed = _Sealed(sealing, header, pack.entries, links)
+            sealed = Sealed(sealing, header, pack.entries, links)
             self.committed(self.committer.submit(sealed))
         if wait:
             self.committed(self.committer.done(wait_for=-1))
 
-    def commit(self, sealed: _Sealed) -> IndexHeader:
+    def commit(self, sealed: Sealed) -> IndexHeader:
         """On the committer thread: wait for gpg, then store the pack and its index."""
         if self.repo.next_seq() != sealed.header.seq:
             sealed.sealing.abort()
             raise BlanketError(f"internal error: pack {sealed.header.seq} out of order")
         return self.repo.commit(sealed.sealing.wait(), sealed.header, sealed.entries)
 
-    def record(self, final: IndexHeader, sealed: _Sealed) -> None:
+    def record(self, final: IndexHeader, sealed: Sealed) -> None:
         """On the committer thread, after a commit: the clock pointer and link groups."""
         self.save_scan(pointer=final.clock_to, links=sealed.links)
         self.on_commit()

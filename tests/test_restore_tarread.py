@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -168,8 +167,6 @@ def test_sparse_members_give_their_logical_content(
 
 
 def test_gnu_tar_sparse_and_long_names(tmp_path: Path) -> None:
-    if shutil.which("tar") is None:
-        pytest.skip("GNU tar is not installed")
     src = tmp_path / "src"
     (src / ("d" * 120)).mkdir(parents=True)
     with open(src / ("d" * 120) / "holes", "wb") as f:

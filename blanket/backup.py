@@ -465,10 +465,7 @@ class _Run:
             if self.pack is not None:
                 self.pack.abort()
             self.committer.close()
-            # free zstd's worker pool now, in the process and while the thread that
-            # made it is known: an exception's traceback may keep this run alive, and a
-            # pool that outlives its thread (a fork) can never be freed
-            self.zstd = None
+            self.zstd = None  # free zstd's context now, not when a traceback lets go
         self.result.pointer = self.last_path
         self.result.coverage = self.coverage()
         return self.result

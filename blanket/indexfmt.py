@@ -46,6 +46,18 @@ def unescape(text: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Frame:
+    """One zstd frame of a pack's compressed tar stream: ``size`` bytes (of the stream
+    inside the encryption) with SHA-256 ``sha256``, holding the members of the entries
+    from number ``first`` (counting the index's entry lines from 0) up to the next
+    frame's ``first``. Frames follow each other with no gap, from offset 0."""
+
+    first: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class IndexHeader:
     """What an index says about its pack, its layer and its place in the chain.
 
@@ -75,6 +87,7 @@ class IndexHeader:
     expire_below: int = 0
     gc_record: bool = False
     removed: tuple[tuple[int, int], ...] = ()
+    frames: tuple[Frame, ...] = ()
 
 
 def render_header(h: IndexHeader, *, with_data: bool = True) -> bytes:
@@ -104,6 +117,8 @@ def render_header(h: IndexHeader, *, with_data: bool = True) -> bytes:
             f"data-size: {h.data_size}",
             f"data-sha256: {h.data_sha256}",
         ]
+        if h.frames:
+            lines.append("frames: " + ",".join(f"{f.first}:{f.size}:{f.sha256}" for f in h.frames))
     return ("\n".join(lines) + "\n\n").encode("ascii")
 
 
@@ -238,7 +253,26 @@ def parse_header(lines: Iterable[bytes]) -> IndexHeader:
         data_key=fields.get("data-key", ""),
         data_size=int(fields.get("data-size", "0")),
         data_sha256=fields.get("data-sha256", ""),
+        frames=_parse_frames(fields.get("frames", "")),
     )
+
+
+_FRAME = re.compile(r"(\d+):(\d+):([0-9a-f]{64})\Z")
+
+
+def _parse_frames(text: str) -> tuple[Frame, ...]:
+    """The ``frames:`` field: ``FIRST:SIZE:SHA256`` items, comma-separated."""
+    if not text:
+        return ()
+    frames = []
+    for item in text.split(","):
+        m = _FRAME.match(item)
+        if m is None:
+            raise ValueError(f"bad frame {item!r} in an index")
+        frames.append(Frame(int(m.group(1)), int(m.group(2)), m.group(3)))
+    if any(b.first < a.first for a, b in zip(frames, frames[1:], strict=False)):
+        raise ValueError("frames out of order in an index")
+    return tuple(frames)
 
 
 _KIND_SET = frozenset(model.KINDS)

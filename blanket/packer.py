@@ -1,10 +1,10 @@
 """Write one pack: a PAX tar of entries, compressed with zstd, encrypted and signed by gpg.
 
-The bytes flow tar -> zstd (its own worker thread) -> a pipe -> gpg (its own process) ->
-a spool file, so reading, compression and encryption overlap. Member names are ``tree``
-for the source root and ``tree/<path>`` for everything else; the pack's own index is the
-last member, ``index.txt``. Sparse files use GNU tar's PAX sparse format 1.0, so
-``tar -x`` recreates their holes. See docs/format.md.
+The bytes flow tar -> zstd (a thread of its own, in frames: blanket.frames) -> a pipe ->
+gpg (its own process) -> a spool file, so reading, compression and encryption overlap.
+Member names are ``tree`` for the source root and ``tree/<path>`` for everything else;
+the pack's own index is the last member, ``index.txt``. Sparse files use GNU tar's PAX
+sparse format 1.0, so ``tar -x`` recreates their holes. See docs/format.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import zstandard
 
 from blanket import model, tarheader
 from blanket.crypto import EncryptProcess, Gpg
+from blanket.frames import FrameCompressor, frame_ends_before
+from blanket.indexfmt import Frame
 from blanket.model import Entry
 
 TREE = "tree"
@@ -111,11 +113,10 @@ def entry_header(
 
 
 def new_compressor(level: int = 3) -> zstandard.ZstdCompressor:
-    """A zstd compressor that works on one worker thread of its own (no GIL held) in
-    jobs of 2 MiB. A run passes one to all its packs, one after the other: a context per
-    pack would leave each one's buffers to the allocator (tens of MiB each)."""
-    params = zstandard.ZstdCompressionParameters.from_level(level, threads=1, job_size=2 << 20)
-    return zstandard.ZstdCompressor(compression_params=params)
+    """A zstd compressor for a run's packs, one after the other (each pack's frames are
+    compressed on a thread of its own: blanket.frames); one context per run rather than
+    one per pack keeps the allocator from holding on to each one's buffers."""
+    return zstandard.ZstdCompressor(level=level)
 
 
 def inner_index(index_text: bytes) -> bytes:
@@ -128,7 +129,7 @@ def inner_index(index_text: bytes) -> bytes:
     return b"\n".join(kept) + b"\n\n" + body
 
 
-_NOT_INSIDE = (b"data-", b"prev-index-sha256:")
+_NOT_INSIDE = (b"data-", b"prev-index-sha256:", b"frames:")
 
 
 @dataclass(frozen=True)
@@ -138,14 +139,16 @@ class SealedPack:
     path: str
     size: int
     sha256: str
+    frames: tuple[Frame, ...] = ()
 
 
 class Sealing:
     """A pack whose input is complete while gpg may still be writing its last bytes:
     ``wait()`` returns the spooled pack (its size and SHA-256), ``abort()`` drops it."""
 
-    def __init__(self, proc: EncryptProcess) -> None:
+    def __init__(self, proc: EncryptProcess, frames: tuple[Frame, ...]) -> None:
         self._proc = proc
+        self.frames = frames
 
     def wait(self) -> SealedPack:
         self._proc.finish()
@@ -155,7 +158,7 @@ class Sealing:
             while block := f.read(CHUNK):
                 digest.update(block)
                 size += len(block)
-        return SealedPack(self._proc.out_path, size, digest.hexdigest())
+        return SealedPack(self._proc.out_path, size, digest.hexdigest(), self.frames)
 
     def abort(self) -> None:
         self._proc.abort()
@@ -164,12 +167,13 @@ class Sealing:
 class PackWriter:
     """Builds one pack in ``spool_dir``; ``add_*`` entries in clock order, then ``seal``.
 
-    The tar stream is built here (headers by ``tarfile.TarInfo``, file data written as
-    it is read), gathered into blocks of about a megabyte and handed to zstd, which
-    compresses on its own worker thread (:func:`new_compressor`); the compressed bytes
-    go by ``os.write`` into the stdin of one gpg process per pack, which writes the
-    spool file. So reading and hashing (here), compressing (zstd's thread) and signing
-    plus encrypting (gpg) run at the same time.
+    The tar stream is built here (headers by :mod:`blanket.tarheader`, file data written
+    as it is read), gathered into blocks of about a megabyte and handed to a
+    :class:`~blanket.frames.FrameCompressor`, which compresses them on its own thread in
+    frames that start at member boundaries; the compressed bytes go by ``os.write`` into
+    the stdin of one gpg process per pack, which writes the spool file. So reading and
+    hashing (here), compressing (zstd's thread) and signing plus encrypting (gpg) run at
+    the same time.
     """
 
     def __init__(
@@ -183,12 +187,12 @@ class PackWriter:
         fd, self.spool_path = tempfile.mkstemp(prefix="pack-", dir=spool_dir)
         os.close(fd)
         self._gpg = EncryptProcess(gpg, self.spool_path)
-        # without a compressor handed in (gc, tests): zstd on this thread; a worker
-        # pool is for a backup run, which owns one and frees it when it ends
         self._zc = compressor or zstandard.ZstdCompressor(level=level)
-        self._z = self._zc.compressobj(size=-1)
+        self._z = FrameCompressor(self._gpg.write, self._zc)
         self._buf = bytearray()
         self._offset = 0  # bytes of tar stream so far
+        self._frame_start = 0  # where the frame in progress started in the tar stream
+        self._folder: bytes | None = None  # of the last member
         self.entries: list[Entry] = []
         self.content_bytes = 0
 
@@ -196,10 +200,20 @@ class PackWriter:
     def packed_bytes(self) -> int:
         """An estimate of the pack's size so far: what zstd has produced, plus the input
         it still holds (and ours not yet handed over) at the ratio seen so far."""
-        ingested, consumed, produced = self._zc.frame_progression()
-        pending = ingested - consumed + len(self._buf)
+        z = self._z
+        consumed, produced = z.consumed, z.produced
+        pending = z.queued - consumed + len(self._buf)
         ratio = produced / consumed if consumed else 1.0
         return int(produced + pending * ratio)
+
+    def _member(self, path: bytes) -> None:
+        """Before the member of ``path``: end the frame in progress if it is time."""
+        folder = path.rpartition(b"/")[0]
+        if frame_ends_before(self._offset - self._frame_start, folder, self._folder):
+            self._flush_buf()
+            self._z.end_frame(len(self.entries))
+            self._frame_start = self._offset
+        self._folder = folder
 
     def _put(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes to the tar stream."""
@@ -218,9 +232,7 @@ class PackWriter:
             self._buf.clear()
 
     def _compress(self, data: bytes | bytearray | memoryview) -> None:
-        out = self._z.compress(data)
-        if out:
-            self._gpg.write(out)
+        self._z.write(bytes(data))
 
     def _body(self, chunks: Iterable[bytes], size: int) -> None:
         """Exactly ``size`` bytes of member data from ``chunks``, then the padding."""
@@ -237,6 +249,7 @@ class PackWriter:
     def add_meta(self, e: Entry) -> None:
         """Add an entry that has no content: directory, symlink, hard link, special, marker."""
         if e.kind != model.DELETED:
+            self._member(e.path)
             link = member_path(e.target) if e.kind == model.HARDLINK else None
             self._put(entry_header(e, member_path(e.path), linkname=link))
         self.entries.append(e)
@@ -265,6 +278,7 @@ class PackWriter:
                 pos = off + length
             _hash_zeros(digest, e.size - pos)
 
+        self._member(e.path)
         if e.sparse:
             sparse_map = _sparse_map(e.sparse, e.size)
             extra = (
@@ -299,6 +313,7 @@ class PackWriter:
                 digest.update(chunk)
                 yield chunk
 
+        self._member(e.path)
         self._put(entry_header(e, part_member_path(e.path, e.offset), size=e.length))
         self._body(hashed(), e.length)
         self.content_bytes += e.length
@@ -314,8 +329,12 @@ class PackWriter:
         self._put(bytes(2 * tarfile.BLOCKSIZE))  # end of archive, then pad the record
         self._put(bytes(-self._offset % tarfile.RECORDSIZE))
         self._flush_buf()
-        self._gpg.write(self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
-        return Sealing(self._gpg)
+        try:
+            frames = self._z.close()
+        except BaseException:
+            self._gpg.abort()
+            raise
+        return Sealing(self._gpg, frames)
 
     def seal(self, index_text: bytes) -> SealedPack:
         """Append the index member, finish every stream and return the spooled pack."""
@@ -323,6 +342,7 @@ class PackWriter:
 
     def abort(self) -> None:
         """Give up on this pack and remove its spool file."""
+        self._z.abandon()
         self._gpg.abort()
 
 

@@ -348,6 +348,7 @@ def _with_data(h: IndexHeader, seq: int, prev: str, dkey: str, sealed: SealedPac
         data_key=dkey,
         data_size=sealed.size,
         data_sha256=sealed.sha256,
+        frames=sealed.frames,
     )
 
 

@@ -83,6 +83,29 @@ def pack_member(gnupghome: str, path: Path, member: str) -> bytes:
     return proc.stdout
 
 
+def check_frames(
+    gnupghome: str, data: Path, table: str, entries: list[tuple[str, bytes, dict[str, str]]]
+) -> None:
+    """The ``frames:`` field as docs/format.md describes it: ``FIRST:SIZE:SHA256`` items
+    that cut the zstd stream inside the pack into pieces, each one a zstd stream of its
+    own whose tar starts with the member of entry number FIRST (when it has one)."""
+    stream = gpg_decrypt(gnupghome, data)
+    pos = 0
+    for item in table.split(","):
+        first, size, sha = item.split(":")
+        piece = stream[pos : pos + int(size)]
+        pos += int(size)
+        assert hashlib.sha256(piece).hexdigest() == sha
+        tar = subprocess.run(
+            ["zstd", "-d", "-q"], input=piece, capture_output=True, check=True
+        ).stdout
+        kind, path, _ = entries[int(first)] if int(first) < len(entries) else ("", b"", {})
+        if kind in ("f", "d", "l", "h"):
+            want = b"tree" if path == b"." else b"tree/" + path
+            assert tar[:100].rstrip(b"\0/") == want[:100] or tar[156:157] == b"x", (want, tar[:100])
+    assert pos == len(stream)
+
+
 def unescape(text: str) -> bytes:
     """The documented rule: every ``\\xHH`` is the byte HH, everything else itself."""
     return re.sub(
@@ -314,6 +337,7 @@ HEADER_FIELDS = [
     "data-key",
     "data-size",
     "data-sha256",
+    "frames",
 ]
 COMMON = {"mode", "uid", "gid", "mtime", "ctime", "ino", "since"}
 REQUIRED = {
@@ -385,7 +409,8 @@ def test_index_is_readable_text_that_splits_as_documented(
         assert header["data-key"] == f"data/{n:012d}-{header['data-sha256'][:16]}"
         # the pack's own copy is the same text without the data-* and prev-index lines
         inner = pack_member(home, data, "index.txt").decode("ascii")
-        assert inner == re.sub(r"(data-(key|size|sha256)|prev-index-sha256): .*\n", "", text)
+        assert inner == re.sub(r"(data-(key|size|sha256)|prev-index-sha256|frames): .*\n", "", text)
+        check_frames(home, data, header["frames"], entries)
         prev = hashlib.sha256(plain).hexdigest()
         parsed.append((text, header, entries))
 

@@ -92,6 +92,7 @@ class Run:
     data_bytes: int = 0  # bytes the step is about, for MB/s
     repo_bytes: int | None = None
     store_read: dict[str, int] | None = None
+    pack_read: int | None = None  # data-object bytes blanket says it read (--json summary)
     note: str = ""
     others: float = -1.0  # cores other processes kept busy during the run, on average
     runq: float = -1.0  # share of the wall time its main thread waited for a CPU
@@ -195,10 +196,28 @@ def measure(
     run.maxrss_mib = got["maxrss_kib"] / 1024
     run.rchar = got["io"].get("rchar", 0)
     run.read_bytes = got["io"].get("read_bytes", 0)
+    if tool == "blanket":
+        run.pack_read = _json_summary_field(logs / f"{slug}.out", "pack_bytes_read")
     if not run.ok:
         tail = (logs / f"{slug}.err").read_bytes()[-400:].decode("utf-8", "replace").strip()
         run.note = f"exit {run.rc}: {tail.splitlines()[-1] if tail else ''}"
     return run
+
+
+def _json_summary_field(path: Path, name: str) -> int | None:
+    """A number from the last line of ``--json`` output that has it."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get(name), int):
+            return int(obj[name])
+    return None
 
 
 def busy_seconds() -> float:
@@ -743,6 +762,8 @@ def print_runs(runs: list[Run], out: TextIO = sys.stdout) -> None:
                 + "store objects read: "
                 + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in r.store_read.items())
             )
+            if r.pack_read is not None:
+                note += f" (of the data objects, {r.pack_read / MiB:.2f} MiB were read)"
         cells = (
             r.step,
             r.tool,
@@ -775,11 +796,19 @@ def get(runs: list[Run], step: str, tool: str) -> Run | None:
 
 
 def store_read_estimate(r: Run) -> int:
-    """Bytes read from the store by a restore. Whole objects whose atime moved (exact for
-    blanket, which downloads whole objects); for restic, which reads ranges of packs, the
-    smaller of that and the process's rchar (which also counts its local cache reads)."""
-    whole = (r.store_read or {}).get("total", 0)
-    return min(whole, r.rchar) if r.tool == "restic" else whole
+    """Bytes read from the store by a restore, indexes included. For restic, which reads
+    ranges of packs: the smaller of the sizes of the objects whose atime moved and the
+    process's rchar (which also counts its local cache reads). For blanket, which may read
+    ranges of packs too: the bytes of data objects it reports having read (its --json
+    summary counts every byte the stores returned) plus every other object whose atime
+    moved, whole."""
+    seen = r.store_read or {}
+    whole = seen.get("total", 0)
+    if r.tool == "restic":
+        return min(whole, r.rchar)
+    if r.tool == "blanket" and r.pack_read is not None:
+        return whole - seen.get("data", 0) + r.pack_read
+    return whole
 
 
 def print_ratios(

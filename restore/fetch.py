@@ -46,13 +46,18 @@ class HashingSink:
         return self.sink.write(data) if self.sink is not None else len(data)
 
 
-def fetch_from_any(backends: list[Backend], gpg: Gpg, header: IndexHeader, workdir: str) -> str:
+Meter = Callable[[int], None]  # told how many bytes were read from a store
+
+
+def fetch_from_any(
+    backends: list[Backend], gpg: Gpg, header: IndexHeader, workdir: str, meter: Meter | None = None
+) -> str:
     """The pack of ``header`` from the first store whose copy passes every check (a mesh
     of mirrors); raises ``IntegrityError`` naming each store's trouble if none does."""
     reasons = []
     for backend in backends:
         try:
-            return fetch_plaintext(backend, gpg, header, workdir)
+            return fetch_plaintext(backend, gpg, header, workdir, meter)
         except (NotFound, IntegrityError) as exc:
             reasons.append(f"{backend.describe()}: {exc}")
         except StoreError as exc:
@@ -60,7 +65,9 @@ def fetch_from_any(backends: list[Backend], gpg: Gpg, header: IndexHeader, workd
     raise IntegrityError(f"no intact copy of {header.data_key} ({'; '.join(reasons)})")
 
 
-def fetch_plaintext(backend: Backend, gpg: Gpg, header: IndexHeader, workdir: str) -> str:
+def fetch_plaintext(
+    backend: Backend, gpg: Gpg, header: IndexHeader, workdir: str, meter: Meter | None = None
+) -> str:
     """Download and decrypt the pack of ``header``; return the path of its zstd stream.
 
     Raises ``IntegrityError`` naming the object when its size, hash or signature is wrong
@@ -71,7 +78,11 @@ def fetch_plaintext(backend: Backend, gpg: Gpg, header: IndexHeader, workdir: st
     try:
         with os.fdopen(fd, "wb") as f:
             hashing = HashingSink(f)
-            download_to(backend, key, hashing)  # type: ignore[arg-type]
+            try:
+                download_to(backend, key, hashing)  # type: ignore[arg-type]
+            finally:
+                if meter is not None:
+                    meter(hashing.size)
         if hashing.size != header.data_size or hashing.digest.hexdigest() != header.data_sha256:
             raise IntegrityError(
                 f"{key} does not match its index (size {hashing.size}, expected "

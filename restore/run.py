@@ -16,6 +16,7 @@ import itertools
 import os
 import tarfile
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ from blanket.repo import Repository
 from blanket.restore.fetch import Prefetcher, fetch_from_any, members
 from blanket.restore.plan import Plan, missing_tops, select, show
 from blanket.restore.pool import WriterPool
+from blanket.restore.ranged import PARTIAL_PREFIX, fetch_frames, frames_for
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 from blanket.units import show_time
 
@@ -59,6 +61,7 @@ class RestoreResult:
     bytes_written: int = 0
     unchanged: int = 0
     packs_read: int = 0
+    pack_bytes_read: int = 0  # from the stores, of data objects (indexes not counted)
     problems: list[tuple[bytes, str]] = field(default_factory=list)
 
 
@@ -111,6 +114,9 @@ class _Restore:
         self.result = RestoreResult()
         self.skip: set[tuple[int, int, bytes]] = set()
         self.failed: dict[bytes, str] = {}  # path -> why its chosen version failed
+        self.frames: dict[PackKey, list[int]] = {}  # packs of which only frames are needed
+        self.workdir = ""
+        self._meter_lock = threading.Lock()
 
     def problem(self, path: bytes, message: str) -> None:
         self.result.problems.append((path, message))
@@ -181,6 +187,7 @@ class _Restore:
         fetched and verified while this one is written; small files are written by a
         helper thread, judged here in order."""
         pool: WriterPool[PackKey] = WriterPool(writer, WRITERS, self.file_done)
+        self.workdir = workdir
         try:
             with Prefetcher(partial(self.fetch, workdir)) as pre:
                 jobs = itertools.chain(
@@ -206,9 +213,35 @@ class _Restore:
                 pre.want(key)
 
     def fetch(self, workdir: str, key: PackKey) -> str:
-        """Runs on the prefetch thread: only reads the repository's fixed state."""
+        """Runs on the prefetch thread: only reads the repository's fixed state. Only the
+        frames that hold the wanted files when that saves much (restore.ranged), else
+        (and whenever that fails for any reason) the whole pack."""
         repo = self.repos[key[0]]
-        return fetch_from_any(repo.backends, repo.gpg, repo.by_seq[key[1]], workdir)
+        header = repo.by_seq[key[1]]
+        chosen = self.frames.pop(key, None)
+        if chosen is not None:
+            for backend in repo.backends:
+                try:
+                    return fetch_frames(backend, repo.gpg, header, chosen, workdir, self.meter)
+                except (ValueError, BlanketError):
+                    continue  # pgprange.LayoutError is a ValueError; the whole pack says more
+        return fetch_from_any(repo.backends, repo.gpg, header, workdir, self.meter)
+
+    def meter(self, n: int) -> None:
+        """Count bytes read from a store (called from the prefetch thread too)."""
+        with self._meter_lock:
+            self.result.pack_bytes_read += n
+
+    def want_frames(self, origin: int, seq: int, wanted: Iterable[Entry]) -> None:
+        """Note which frames of a pack hold ``wanted`` (if few enough: see ranged.py)."""
+        repo = self.repos[origin]
+        header = repo.by_seq[seq]
+        names = {e.target or e.path for e in wanted}
+        if len(header.frames) < 2 or len(names) * 2 > header.entries:
+            return
+        chosen = frames_for(header, repo.entries(seq), names)
+        if chosen is not None:
+            self.frames[(origin, seq)] = chosen
 
     def pack_jobs(self, plan: Plan, writer: SafeWriter) -> Iterator[_Job]:
         for origin, seq in sorted(plan.packs):
@@ -220,6 +253,8 @@ class _Restore:
                 done += 1
             self.result.unchanged += done
             if done < plan.packs[(origin, seq)]:
+                rest = itertools.islice(plan.pack_entries(origin, seq), done, None)
+                self.want_frames(origin, seq, rest)
                 yield _Job([(origin, seq)], partial(self.restore_pack, plan, origin, seq, done))
 
     def split_jobs(
@@ -336,6 +371,34 @@ class _Restore:
         for e in wanted:
             pending.setdefault(os.fsencode(member_name(e.target or e.path)), []).append(e)
         del wanted
+        self.write_members(zst, origin, seq, pending, writer, pool)
+        if pending and os.path.basename(zst).startswith(PARTIAL_PREFIX):
+            try:  # not in the frames read (it should have been): read the whole pack
+                whole = self.fetch_whole(origin, seq)
+            except IntegrityError as exc:
+                for e in itertools.chain(*pending.values()):
+                    self.content_failed(origin, seq, e, str(exc))
+                pending.clear()
+            else:
+                self.write_members(whole, origin, seq, pending, writer, pool)
+        for e in itertools.chain(*pending.values()):
+            self.content_failed(origin, seq, e, f"missing from {header.data_key}")
+
+    def fetch_whole(self, origin: int, seq: int) -> str:
+        repo = self.repos[origin]
+        return fetch_from_any(repo.backends, repo.gpg, repo.by_seq[seq], self.workdir, self.meter)
+
+    def write_members(
+        self,
+        zst: str,
+        origin: int,
+        seq: int,
+        pending: dict[bytes, list[Entry]],
+        writer: SafeWriter,
+        pool: WriterPool[PackKey],
+    ) -> None:
+        """Write the files ``pending`` names (by member) from the plaintext ``zst``,
+        then remove it; what it lacks stays in ``pending``."""
         try:
             for m in members(zst):
                 if m.name not in pending:
@@ -347,13 +410,12 @@ class _Restore:
                     else:
                         self.put_file(origin, seq, e, m.chunks(), writer)
         except _UNREADABLE as exc:
+            data_key = self.repos[origin].by_seq[seq].data_key
             for e in itertools.chain(*pending.values()):
-                self.content_failed(origin, seq, e, f"{header.data_key} is unreadable: {exc}")
+                self.content_failed(origin, seq, e, f"{data_key} is unreadable: {exc}")
             pending.clear()
         finally:
             os.unlink(zst)
-        for e in itertools.chain(*pending.values()):
-            self.content_failed(origin, seq, e, f"missing from {header.data_key}")
 
     def restore_split(
         self,

@@ -37,11 +37,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
     result = run_restore(repos if len(repos) > 1 else repos[0], opts, listener=out.event)
     out.summary(
         f"restored {result.files} file(s), {human_size(result.bytes_written)} into {args.to} "
-        f"from {result.packs_read} pack(s); {result.unchanged} already present"
+        f"from {result.packs_read} pack(s) ({human_size(result.pack_bytes_read)} read); "
+        f"{result.unchanged} already present"
         + (f"; {len(result.problems)} problem(s)" if result.problems else ""),
         files=result.files,
         bytes=result.bytes_written,
         packs_read=result.packs_read,
+        pack_bytes_read=result.pack_bytes_read,
         unchanged=result.unchanged,
         problems=[{"path": path_text(p), "message": m} for p, m in result.problems],
     )

@@ -123,7 +123,7 @@ class Prefetcher(Generic[K]):
         self._fetch, self._ahead = fetch, ahead
         self._named: deque[K] = deque()
         self._running: deque[tuple[K, Future[str]]] = deque()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="restore-fetch")
+        self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="restore-fetch")
 
     def want(self, key: K) -> None:
         self._named.append(key)

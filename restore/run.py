@@ -43,6 +43,7 @@ _UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)
 MAX_FALLBACKS = 8
 WRITERS = 1  # helper threads creating small files: more contend for the directory's lock
 SMALL = 1 << 20  # members up to this size are read whole and written by a helper
+FETCH_AHEAD = 2  # packs fetched (download, check, decrypt) at once, ahead of the one in use
 PackKey = tuple[int, int]  # (origin, seq)
 
 
@@ -189,7 +190,7 @@ class _Restore:
         pool: WriterPool[PackKey] = WriterPool(writer, WRITERS, self.file_done)
         self.workdir = workdir
         try:
-            with Prefetcher(partial(self.fetch, workdir)) as pre:
+            with Prefetcher(partial(self.fetch, workdir), FETCH_AHEAD) as pre:
                 jobs = itertools.chain(
                     self.pack_jobs(plan, writer), self.split_jobs(plan, writer, pre)
                 )

@@ -174,3 +174,33 @@ def test_s3_serves_ranges(s3_url: str, keyring: Any, tmp_path: Path) -> None:
     same_tree(src / "folder20", out / "folder20")
     assert result.pack_bytes_read <= 1.3 * sizes["folder20"] + 48_000
     assert os.path.exists(out / "folder20" / "file0.bin")
+
+
+def test_split_files_and_their_neighbours(repo: Repository, tmp_path: Path) -> None:
+    """A folder next to a split file reads only its frames; a whole restore, with the
+    split file, is exact and reads no pack more than twice (a pack holding a part and
+    other files is read for each)."""
+    src = tmp_path / "src"
+    make_folders(src)
+    rng = random.Random(9)
+    # its last part shares a pack with small files, which are under half of that pack
+    (src / "folder03" / "big.bin").write_bytes(rng.randbytes((3 << 20) + (700 << 10)))
+    result = run_backup(repo, str(src), BackupOptions(pack_size=1 << 20))
+    assert result.complete and result.packs > 4
+    assert any(e.kind == "P" for h in repo.headers for e in repo.entries(h.seq))
+    part = restore(repo, tmp_path / "part", b"folder10")
+    assert part.problems == []
+    same_tree(src / "folder10", tmp_path / "part" / "folder10")
+    holding = [
+        h.data_size
+        for h in repo.headers
+        if any(e.path.startswith(b"folder10/") for e in repo.entries(h.seq))
+    ]
+    assert part.pack_bytes_read < sum(holding) / 2
+    biggest = max(h.data_size for h in repo.headers)
+    out = tmp_path / "out"
+    restored = restore(repo, out)
+    assert restored.problems == []
+    same_tree(src, out)
+    total = sum(h.data_size for h in repo.headers)
+    assert total <= restored.pack_bytes_read <= total + biggest

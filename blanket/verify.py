@@ -26,7 +26,7 @@ import zstandard
 from blanket import model
 from blanket.backends.base import Backend, download_to
 from blanket.errors import IntegrityError, NotFound, StoreError
-from blanket.indexfmt import IndexHeader
+from blanket.indexfmt import Frame, IndexHeader
 from blanket.packer import INDEX_MEMBER, inner_index, member_name, part_member_name
 from blanket.repo import Repository
 from blanket.restore.fetch import HashingSink, fetch_plaintext, members
@@ -79,13 +79,13 @@ def _sample(repo: Repository, fraction: float | None) -> list[IndexHeader]:
 def deep_check(repo: Repository, h: IndexHeader, workdir: str) -> list[str]:
     """Problems found by reading the whole pack of ``h`` (hash, signature, members)."""
     zst = fetch_plaintext(repo.backend, repo.gpg, h, workdir)
+    found = frame_troubles(zst, h.frames)
     wanted: dict[bytes, str] = {}
     for e in repo.entries(h.seq):
         if e.kind == model.FILE and not e.parts:
             wanted[os.fsencode(member_name(e.path))] = e.sha256
         elif e.kind == model.PART:
             wanted[os.fsencode(part_member_name(e.path, e.offset))] = e.sha256
-    found = []
     own_index = b""
     try:
         for m in members(zst):
@@ -104,6 +104,26 @@ def deep_check(repo: Repository, h: IndexHeader, workdir: str) -> list[str]:
     found += [f"lacks member {os.fsdecode(n)!r} its index lists" for n in wanted]
     if inner_index(own_index) != inner_index(repo.state.index_path(h.seq).read_bytes()):
         found.append("holds an index.txt that differs from its index object")
+    return found
+
+
+def frame_troubles(zst: str, frames: tuple[Frame, ...]) -> list[str]:
+    """Whether the frames an index lists cut the pack's zstd stream (the file ``zst``)
+    exactly, each with its SHA-256 (what a restore of part of the pack relies on)."""
+    if not frames:
+        return []
+    found = []
+    with open(zst, "rb") as f:
+        for k, frame in enumerate(frames):
+            digest, left = hashlib.sha256(), frame.size
+            while left > 0 and (block := f.read(min(left, 1 << 20))):
+                digest.update(block)
+                left -= len(block)
+            if left or digest.hexdigest() != frame.sha256:
+                found.append(f"frame {k} does not match the frames its index lists")
+                break
+        if not found and f.read(1):
+            found.append("holds more than the frames its index lists")
     return found
 
 

@@ -145,3 +145,28 @@ def test_compressor_reports_its_frames_and_errors(keyring: object) -> None:
             fc.end_frame(1)
         fc.close()
     fc.abandon()
+
+
+def test_verify_checks_the_frame_table(tmp_path: Path) -> None:
+    """``verify --deep`` holds the frames an index lists against the pack's stream."""
+    from blanket.indexfmt import Frame
+    from blanket.verify import frame_troubles
+
+    a, b = os.urandom(1000), os.urandom(500)
+    zst = tmp_path / "stream"
+    zst.write_bytes(a + b)
+
+    def frame(first: int, data: bytes) -> Frame:
+        return Frame(first, len(data), hashlib.sha256(data).hexdigest())
+
+    assert frame_troubles(str(zst), (frame(0, a), frame(3, b))) == []
+    assert frame_troubles(str(zst), ()) == []  # packs of older versions have no table
+    assert frame_troubles(str(zst), (frame(0, a),)) == [
+        "holds more than the frames its index lists"
+    ]
+    assert frame_troubles(str(zst), (frame(0, a), frame(3, b + b"x"))) == [
+        "frame 1 does not match the frames its index lists"
+    ]
+    assert frame_troubles(str(zst), (frame(0, b), frame(3, a))) == [
+        "frame 0 does not match the frames its index lists"
+    ]

@@ -851,9 +851,14 @@ def print_ratios(
             r = get(runs, step, tool)
             if r and r.store_read and packed:
                 read = store_read_estimate(r)
+                data = (
+                    f"; data objects alone {ratio(r.pack_read, packed)}"
+                    if r.pack_read is not None
+                    else ""
+                )
                 add(
                     f"{step}: store bytes read / subtree packed size, {tool}",
-                    f"{ratio(read, packed)} ({read / 1e3:,.0f} kB / {packed / 1e3:,.0f} kB)",
+                    f"{ratio(read, packed)} ({read / 1e3:,.0f} kB / {packed / 1e3:,.0f} kB{data})",
                     "<= 2 (+ indexes)",
                 )
     for r in runs:

@@ -71,7 +71,9 @@ class Committer:
                 raise
 
         self._queue.append(self._pool.submit(job))  # queued even if an earlier one failed:
-        return self.done(wait_for=len(self._queue) - self._depth)  # its job aborts its gpg
+        # its job aborts its gpg. Wait only for what is over ``depth`` (never pass a
+        # negative count: -1 means "wait for all", which made every commit synchronous)
+        return self.done(wait_for=max(0, len(self._queue) - self._depth))
 
     def done(self, *, wait_for: int = 0) -> list[IndexHeader]:
         """Commits finished so far, in order; waits for the oldest ``wait_for`` of those

@@ -402,7 +402,7 @@ def test_keep_history_gc_killed_at_any_store_call_loses_nothing(
     points = int(count_file.read_text())
     assert points > 10
     latest = _linked(run.points[-1][2])
-    # every other point and the last five, as tests/test_crash.py does (a time budget);
+    # every other point and the last five (tests/test_crash.py, longer, takes every third);
     # BLANKET_EVERY_CRASH_POINT=1 tries them all
     stride = 1 if os.environ.get("BLANKET_EVERY_CRASH_POINT") else 2
     for i in sorted(set(range(1, points + 1, stride)) | set(range(points - 4, points + 1))):

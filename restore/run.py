@@ -29,12 +29,14 @@ from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import member_name, part_member_name
+from blanket.packer import member_name
 from blanket.repo import Repository
 from blanket.restore.fetch import Prefetcher, fetch_from_any, members
 from blanket.restore.plan import Plan, missing_tops, select, show
 from blanket.restore.pool import WriterPool
 from blanket.restore.ranged import PARTIAL_PREFIX, fetch_frames, frames_for
+from blanket.restore.split import SplitContent
+from blanket.restore.target import check_target
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 from blanket.units import show_time
 
@@ -64,27 +66,6 @@ class RestoreResult:
     packs_read: int = 0
     pack_bytes_read: int = 0  # from the stores, of data objects (indexes not counted)
     problems: list[tuple[bytes, str]] = field(default_factory=list)
-
-
-def check_target(repos: list[Repository], target: str, force: bool) -> None:
-    """Refuse to restore into, over or around the backed-up source without ``force``."""
-    if force:
-        return
-    real = os.path.realpath(target)
-    for repo in repos:
-        if not repo.headers:
-            continue
-        source = os.fsdecode(repo.headers[-1].source_path)
-        overlap = (
-            real == source
-            or real.startswith(source.rstrip("/") + "/")
-            or source.startswith(real.rstrip("/") + "/")
-        )
-        if overlap:
-            raise UsageError(
-                f"--to {target} overlaps the backed-up source {source}; restore elsewhere "
-                "or pass --force to overwrite it"
-            )
 
 
 def _streams(
@@ -428,7 +409,7 @@ class _Restore:
         writer: SafeWriter,
         pool: WriterPool[PackKey],
     ) -> None:
-        job = _SplitRestore(self.repos[origin], parts, lambda s: pre.take((origin, s)))
+        job = SplitContent(self.repos[origin], parts, lambda s: pre.take((origin, s)))
         self.put_file(origin, seq, e, job.chunks(), writer)
         self.result.packs_read += job.packs_read
 
@@ -462,10 +443,6 @@ def _content_files(plan: Plan) -> list[str]:
     return names + [f"split-{o}-{s:012d}" for o, s in plan.split]
 
 
-def _part_name(p: Entry) -> bytes:
-    return os.fsencode(part_member_name(p.path, p.offset))
-
-
 @dataclass
 class _Job:
     """Work on the content of some files: the packs it takes, in order, and what to run."""
@@ -478,31 +455,6 @@ class _Job:
             self.action(pre, writer, pool)
         else:
             self.action()
-
-
-class _SplitRestore:
-    """The content of a split file, streamed from its parts across consecutive packs."""
-
-    def __init__(
-        self, repo: Repository, parts: list[tuple[int, Entry]], take: Callable[[int], str]
-    ) -> None:
-        self.repo, self.parts, self.take = repo, parts, take
-        self.packs_read = 0
-
-    def chunks(self) -> Iterator[bytes]:
-        for seq, group in itertools.groupby(self.parts, key=lambda sp: sp[0]):
-            wanted = {_part_name(p): p for _, p in group}
-            header = self.repo.by_seq[seq]
-            zst = self.take(seq)
-            self.packs_read += 1
-            try:
-                for m in members(zst):
-                    if wanted.pop(m.name, None) is not None:
-                        yield from m.chunks()
-            finally:
-                os.unlink(zst)
-            if wanted:
-                raise IntegrityError(f"{header.data_key} lacks a part it lists")
 
 
 def group_mirrors(repos: list[Repository]) -> list[Repository]:

@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from zstandard import ZstdCompressor
-
 from blanket import model, reading, scan
 from blanket.changes import Delete, Emit, Keep, Seen, diff
 from blanket.committer import Committer, Sealed
@@ -34,12 +32,13 @@ from blanket.events import (
 )
 from blanket.exclude import Excluder
 from blanket.expiry import current_expire_below
+from blanket.frames import Compressors
 from blanket.gc import GcResult, collect
 from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import PackWriter, inner_index, new_compressor
+from blanket.packer import PackWriter, inner_index
 from blanket.repo import Repository
 from blanket.walker import walk
 
@@ -149,7 +148,7 @@ class _Run:
         self.expire_below = current_expire_below(repo.headers)
         self.shown_at = 0.0  # when a Position event was last sent
         self.seq = repo.next_seq()  # of the next pack this run seals
-        self.zstd: ZstdCompressor | None = new_compressor(opts.level)  # the run's packs', in turn
+        self.zstd = Compressors(opts.level)  # zstd contexts, lent to the run's packs in turn
         self.committer = Committer(self.commit, self.record)
 
     def _pending_parts(self) -> dict[bytes, list[Entry]]:
@@ -209,7 +208,7 @@ class _Run:
         if first == entry.path:
             self.leaders[entry.path] = group
             return entry
-        return replace(entry, kind=model.HARDLINK, target=first, sparse=())
+        return model.evolve(entry, kind=model.HARDLINK, target=first, sparse=())
 
     def prior(self) -> Iterator[Located]:
         after = b"" if self.pos.pointer is None else model.clock_key(self.pos.pointer)
@@ -222,7 +221,7 @@ class _Run:
     def writer(self) -> PackWriter:
         if self.pack is None:
             self.pack = PackWriter(
-                self.repo.gpg, str(self.repo.state.spool_dir), compressor=self.zstd
+                self.repo.gpg, str(self.repo.state.spool_dir), compressors=self.zstd
             )
             self.pack_started = time.monotonic()
         return self.pack
@@ -259,7 +258,7 @@ class _Run:
             if chunks == reading.CHANGED and not e.sparse:  # changed since the walk: retry
                 e = _restat(e, os.fstat(fd), self.now())
                 chunks = reading.read_settled(fd, e)
-            return chunks if isinstance(chunks, str) else self.writer().add_file(e, iter(chunks))
+            return chunks if isinstance(chunks, str) else self.writer().add_read(e, chunks)
         torn: list[str] = []
         stored = self.writer().add_file(
             e, self._heartbeat(e.path, e.size, reading.stream(fd, e, torn), 0)
@@ -278,7 +277,9 @@ class _Run:
             if self.pack is not None and self.pack.packed_bytes + length > self.opts.pack_size:
                 self.seal(complete=False)  # one part per pack, not two that overflow it
             torn: list[str] = []
-            part = replace(e, kind=model.PART, offset=offset, length=length, since=since, sha256="")
+            part = model.evolve(
+                e, kind=model.PART, offset=offset, length=length, since=since, sha256=""
+            )
             chunks = reading.read_range(fd, offset, length, torn)
             data = _hashing(self._heartbeat(e.path, e.size, chunks, offset), whole)
             self.writer().add_part(part, data)
@@ -293,7 +294,7 @@ class _Run:
             if offset < e.size and self.out_of_budget():
                 self.stopping = True
                 return "stopped inside this file; the next run continues it"
-        final = replace(e, sha256=whole.hexdigest(), parts=count, since=since)
+        final = model.evolve(e, sha256=whole.hexdigest(), parts=count, since=since)
         self.writer().note(final)
         return final
 
@@ -465,7 +466,7 @@ class _Run:
             if self.pack is not None:
                 self.pack.abort()
             self.committer.close()
-            self.zstd = None  # free zstd's context now, not when a traceback lets go
+            self.zstd.clear()  # free zstd's contexts now, not when a traceback lets go
         self.result.pointer = self.last_path
         self.result.coverage = self.coverage()
         return self.result

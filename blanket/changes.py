@@ -11,7 +11,7 @@ directory the walk could not list (``opaque``), the prior state is kept as it is
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from blanket import model
 from blanket.merge import Located
@@ -150,7 +150,7 @@ def _diff(
         elif before is None or full or not unchanged(before.entry, seen.entry):
             yield Emit(seen.entry)
         elif before.layer < expire_below:  # refresh: same version, same since, new layer
-            yield Emit(replace(seen.entry, since=before.entry.since))
+            yield Emit(model.evolve(seen.entry, since=before.entry.since))
         else:
             yield Keep(seen.path)
         if seen.opaque:

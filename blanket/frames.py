@@ -15,7 +15,9 @@ own, and reading one folder costs little more than its own packed size.
 
 :class:`FrameCompressor` takes the tar bytes from the thread that builds them and
 compresses on a thread of its own (zstd releases the GIL), hashing each frame and handing
-the compressed bytes on (to gpg's feeding pipe) in order.
+the compressed bytes on (to gpg's feeding pipe) in order. A pack's compressor may still be
+working through its queue when the next pack starts (``finish`` does not wait; ``frames``
+does), so each one takes a zstd context of its own from the run's :class:`Compressors`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import zstandard
 
 from blanket.indexfmt import Frame
 
-__all__ = ["FRAME_MAX", "FRAME_MIN", "Frame", "FrameCompressor", "frame_ends_before"]
+__all__ = ["FRAME_MAX", "FRAME_MIN", "Compressors", "Frame", "FrameCompressor", "frame_ends_before"]
 
 FRAME_MIN = 64 << 10  # tar bytes: a frame may end at a new folder once it holds this much
 FRAME_MAX = 4 << 20  # tar bytes: a frame ends at the next member once it holds this much
@@ -43,6 +45,32 @@ def frame_ends_before(frame_bytes: int, folder: bytes, last_folder: bytes | None
     if frame_bytes >= FRAME_MAX:
         return True
     return frame_bytes >= FRAME_MIN and folder != last_folder
+
+
+class Compressors:
+    """The zstd contexts of a run: one per pack compressing at the same time (a sealed
+    pack's frames may still be compressing while the next pack fills), each reused by
+    later packs rather than one allocated per pack."""
+
+    def __init__(self, level: int = 3) -> None:
+        self.level = level
+        self._free: list[zstandard.ZstdCompressor] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> zstandard.ZstdCompressor:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return zstandard.ZstdCompressor(level=self.level)
+
+    def give(self, zc: zstandard.ZstdCompressor) -> None:
+        with self._lock:
+            self._free.append(zc)
+
+    def clear(self) -> None:
+        """Free the contexts now (those in use are dropped when given back)."""
+        with self._lock:
+            self._free.clear()
 
 
 class _End:
@@ -60,16 +88,19 @@ _Item = bytes | _End | object
 
 class FrameCompressor:
     """Compresses what ``write`` gets into frames (``end_frame`` ends one) on its own
-    thread and passes the output to ``out``; ``close`` returns the frames.
+    thread, with a context taken from ``compressors``, and passes the output to ``out``;
+    ``finish`` ends the input without waiting, ``frames`` waits and returns the frames
+    (``close`` does both).
 
     An error in ``out`` (gpg stopped) is raised again by the next ``write``,
     ``end_frame`` or ``close``; the thread keeps draining the queue meanwhile, so the
     writer never waits for ever.
     """
 
-    def __init__(self, out: Callable[[bytes], None], compressor: zstandard.ZstdCompressor) -> None:
+    def __init__(self, out: Callable[[bytes], None], compressors: Compressors) -> None:
         self._out = out
-        self._zc = compressor
+        self._compressors = compressors
+        self._zc = compressors.take()
         self._queue: queue.Queue[_Item] = queue.Queue(_DEPTH)
         self._frames: list[Frame] = []
         self._error: BaseException | None = None
@@ -91,25 +122,41 @@ class FrameCompressor:
         self._check()
         self._queue.put(_End(next_first))
 
-    def close(self) -> tuple[Frame, ...]:
-        """End the last frame, wait for the thread, return every frame in order."""
+    def finish(self) -> None:
+        """End the last frame and the input; the thread goes on with what is queued."""
+        self._check()
         self._queue.put(_CLOSE)
+
+    def frames(self) -> tuple[Frame, ...]:
+        """Wait for the thread (after ``finish``); every frame in order."""
         self._thread.join()
         self._check()
         return tuple(self._frames)
+
+    def close(self) -> tuple[Frame, ...]:
+        """``finish``, then ``frames``."""
+        self.finish()
+        return self.frames()
 
     def abandon(self) -> None:
         """Stop without caring for the output (the pack is being thrown away)."""
         if self._error is None:
             self._error = RuntimeError("abandoned")
-        self._queue.put(_CLOSE)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._queue.put(_CLOSE)
+            self._thread.join()
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
 
     def _run(self) -> None:
+        try:
+            self._compress_all()
+        finally:
+            self._compressors.give(self._zc)
+
+    def _compress_all(self) -> None:
         first = 0
         pending: list[bytes] = []  # input of a small frame, compressed in one call at its end
         pending_bytes = 0

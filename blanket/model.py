@@ -7,6 +7,7 @@ except ``blanket.errors``.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -104,6 +105,19 @@ def fast_init(cls: type[T]) -> type[T]:
 
 
 fast_init(Entry)
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
+_entry_values = operator.attrgetter(*_ENTRY_FIELDS)
+_ENTRY_INDEX = {name: i for i, name in enumerate(_ENTRY_FIELDS)}
+
+
+def evolve(e: Entry, **changes: Any) -> Entry:
+    """``dataclasses.replace(e, **changes)`` at half the cost, for the per-file paths of
+    a backup (an unknown field name raises ``KeyError``)."""
+    values = list(_entry_values(e))
+    for name, value in changes.items():
+        values[_ENTRY_INDEX[name]] = value
+    return Entry(*values)
 
 
 def clock_key(path: bytes) -> bytes:

@@ -14,13 +14,11 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
-
-import zstandard
+from dataclasses import dataclass
 
 from blanket import model, tarheader
 from blanket.crypto import EncryptProcess, Gpg
-from blanket.frames import FrameCompressor, frame_ends_before
+from blanket.frames import Compressors, FrameCompressor, frame_ends_before
 from blanket.indexfmt import Frame
 from blanket.model import Entry
 
@@ -112,13 +110,6 @@ def entry_header(
     )
 
 
-def new_compressor(level: int = 3) -> zstandard.ZstdCompressor:
-    """A zstd compressor for a run's packs, one after the other (each pack's frames are
-    compressed on a thread of its own: blanket.frames); one context per run rather than
-    one per pack keeps the allocator from holding on to each one's buffers."""
-    return zstandard.ZstdCompressor(level=level)
-
-
 def inner_index(index_text: bytes) -> bytes:
     """The copy of an index that its pack holds: without the lines a pack cannot know
     when it is sealed (its own data object's key, size and hash, and the hash of the
@@ -143,14 +134,20 @@ class SealedPack:
 
 
 class Sealing:
-    """A pack whose input is complete while gpg may still be writing its last bytes:
-    ``wait()`` returns the spooled pack (its size and SHA-256), ``abort()`` drops it."""
+    """A pack whose input is complete while zstd and gpg may still be working on its
+    last bytes: ``wait()`` returns the spooled pack (its size, SHA-256 and frames),
+    ``abort()`` drops it."""
 
-    def __init__(self, proc: EncryptProcess, frames: tuple[Frame, ...]) -> None:
+    def __init__(self, proc: EncryptProcess, compressing: FrameCompressor) -> None:
         self._proc = proc
-        self.frames = frames
+        self._z = compressing
 
     def wait(self) -> SealedPack:
+        try:
+            frames = self._z.frames()
+        except BaseException:
+            self._proc.abort()
+            raise
         self._proc.finish()
         digest = hashlib.sha256()
         size = 0
@@ -158,9 +155,10 @@ class Sealing:
             while block := f.read(CHUNK):
                 digest.update(block)
                 size += len(block)
-        return SealedPack(self._proc.out_path, size, digest.hexdigest(), self.frames)
+        return SealedPack(self._proc.out_path, size, digest.hexdigest(), frames)
 
     def abort(self) -> None:
+        self._z.abandon()
         self._proc.abort()
 
 
@@ -173,7 +171,8 @@ class PackWriter:
     frames that start at member boundaries; the compressed bytes go by ``os.write`` into
     the stdin of one gpg process per pack, which writes the spool file. So reading and
     hashing (here), compressing (zstd's thread) and signing plus encrypting (gpg) run at
-    the same time.
+    the same time, and a finished pack's zstd and gpg go on while the next pack fills.
+    ``compressors`` lends the zstd contexts (one run's packs share them).
     """
 
     def __init__(
@@ -182,13 +181,12 @@ class PackWriter:
         spool_dir: str,
         *,
         level: int = 3,
-        compressor: zstandard.ZstdCompressor | None = None,
+        compressors: Compressors | None = None,
     ) -> None:
         fd, self.spool_path = tempfile.mkstemp(prefix="pack-", dir=spool_dir)
         os.close(fd)
         self._gpg = EncryptProcess(gpg, self.spool_path)
-        self._zc = compressor or zstandard.ZstdCompressor(level=level)
-        self._z = FrameCompressor(self._gpg.write, self._zc)
+        self._z = FrameCompressor(self._gpg.write, compressors or Compressors(level))
         self._buf = bytearray()
         self._offset = 0  # bytes of tar stream so far
         self._frame_start = 0  # where the frame in progress started in the tar stream
@@ -294,7 +292,27 @@ class PackWriter:
             self._put(entry_header(e, member_path(e.path), size=stored))
             self._body(hashed(), stored)
         self.content_bytes += stored
-        done = replace(e, sha256=digest.hexdigest())
+        done = model.evolve(e, sha256=digest.hexdigest())
+        self.entries.append(done)
+        return done
+
+    def add_read(self, e: Entry, chunks: list[bytes]) -> Entry:
+        """:meth:`add_file` for content read whole beforehand (a small file): the same
+        member and entry, with less work per file."""
+        if e.sparse:
+            return self.add_file(e, iter(chunks))
+        size = sum(map(len, chunks))
+        if size != e.size:
+            raise ValueError(f"member data of {size} bytes for a file of {e.size}")
+        digest = hashlib.sha256()
+        self._member(e.path)
+        self._put(entry_header(e, member_path(e.path), size=size))
+        for chunk in chunks:
+            digest.update(chunk)
+            self._put(chunk)
+        self._put(_ZEROS[: -size % tarfile.BLOCKSIZE])
+        self.content_bytes += size
+        done = model.evolve(e, sha256=digest.hexdigest())
         self.entries.append(done)
         return done
 
@@ -317,24 +335,25 @@ class PackWriter:
         self._put(entry_header(e, part_member_path(e.path, e.offset), size=e.length))
         self._body(hashed(), e.length)
         self.content_bytes += e.length
-        done = replace(e, sha256=digest.hexdigest())
+        done = model.evolve(e, sha256=digest.hexdigest())
         self.entries.append(done)
         return done
 
     def finish(self, index_text: bytes) -> Sealing:
-        """Append the index member and end the tar and zstd streams; gpg may still be
-        finishing when this returns (see :class:`Sealing`)."""
+        """Append the index member and end the tar and zstd streams; zstd and gpg may
+        still be working when this returns (see :class:`Sealing`)."""
         self._put(tarheader.header(INDEX_MEMBER.encode(), tarfile.REGTYPE, size=len(index_text)))
         self._body([index_text], len(index_text))
         self._put(bytes(2 * tarfile.BLOCKSIZE))  # end of archive, then pad the record
         self._put(bytes(-self._offset % tarfile.RECORDSIZE))
         self._flush_buf()
         try:
-            frames = self._z.close()
+            self._z.finish()
         except BaseException:
+            self._z.abandon()
             self._gpg.abort()
             raise
-        return Sealing(self._gpg, frames)
+        return Sealing(self._gpg, self._z)
 
     def seal(self, index_text: bytes) -> SealedPack:
         """Append the index member, finish every stream and return the spooled pack."""

@@ -51,6 +51,13 @@ def read_settled(fd: int, e: Entry) -> list[bytes] | str:
     not the version ``e`` describes, it changed while being read, or a read failed."""
     if not same(os.fstat(fd), e):
         return CHANGED
+    if not e.sparse and e.size <= MiB:  # one read is the usual case
+        try:
+            data = os.pread(fd, e.size, 0)
+        except OSError as exc:
+            return f"cannot read: {exc.strerror or exc}"
+        if len(data) == e.size:
+            return [data] if same(os.fstat(fd), e) else CHANGED
     torn: list[str] = []
     chunks = [c for off, n in _segments(e) for c in read_range(fd, off, n, torn)]
     if torn:

@@ -128,14 +128,13 @@ def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
         hinted = _as_hinted(item, kind)
         if hinted is not None:
             return hinted
-    target = b""
-    sparse: tuple[tuple[int, int], ...] = ()
-    with _reachable(os.fsencode(root), item.path) as path:
-        if kind == SYMLINK:
-            target = os.readlink(path)
-        elif kind == FILE and st.st_blocks * 512 < st.st_size:
-            sparse = _sparse(path, st.st_size)
-        xattrs = _xattrs(path, is_link=kind == SYMLINK)
+    root = os.fsencode(root)
+    full = root if item.path == ROOT else root + b"/" + item.path
+    if len(full) < _PATH_MAX:  # the usual case, without a context manager per path
+        target, sparse, xattrs = _extras(full, kind, st)
+    else:
+        with _reachable(root, item.path) as path:
+            target, sparse, xattrs = _extras(path, kind, st)
     is_dev = kind in (CHARDEV, BLOCKDEV)
     return Entry(
         kind=kind,
@@ -158,6 +157,20 @@ def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
     )
 
 
+def _extras(
+    path: bytes, kind: str, st: os.stat_result
+) -> tuple[bytes, tuple[tuple[int, int], ...], tuple[tuple[bytes, bytes], ...]]:
+    """What ``lstat`` does not say: a symlink's target, a sparse file's data segments
+    and the extended attributes."""
+    target = b""
+    sparse: tuple[tuple[int, int], ...] = ()
+    if kind == SYMLINK:
+        target = os.readlink(path)
+    elif kind == FILE and st.st_blocks * 512 < st.st_size:
+        sparse = _sparse(path, st.st_size)
+    return target, sparse, _xattrs(path, is_link=kind == SYMLINK)
+
+
 def open_for_read(root: str | bytes, path: bytes) -> int:
     """Open the regular file ``path`` under ``root`` for reading; return the descriptor.
 
@@ -165,8 +178,12 @@ def open_for_read(root: str | bytes, path: bytes) -> int:
     permitted (``O_NOATIME``) and never blocks on a FIFO or opens a terminal; raises
     ``OSError`` (``EINVAL``) if ``path`` is no longer a regular file.
     """
-    with _reachable(os.fsencode(root), path) as full:
+    root = os.fsencode(root)
+    full = root if path == ROOT else root + b"/" + path
+    if len(full) < _PATH_MAX:
         return _open_regular(full)
+    with _reachable(root, path) as reachable:
+        return _open_regular(reachable)
 
 
 def data_segments(fd: int, size: int) -> list[tuple[int, int]]:

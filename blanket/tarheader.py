@@ -18,6 +18,9 @@ BLOCK = 512
 _MAGIC = b"ustar\x0000"
 _CHK_SPACES = b"        "
 _PAX_NAME = b"././@PaxHeader"
+_PAD = bytes(BLOCK)  # _PAD[n:] pads n < BLOCK bytes to a block
+_MAX8, _MAX12 = 8**7, 8**11  # the numbers an 8- and a 12-byte octal field can hold
+_MAX12_NS = _MAX12 * 1_000_000_000
 DEVICE_TYPES = (b"3", b"4")
 
 
@@ -113,13 +116,33 @@ def header(
 ) -> bytes:
     """The header blocks of one member: an extended header if needed, then ustar.
     ``extra`` records come right after the ``mtime`` record, in order."""
+    if typeflag == b"5" and not name.endswith(b"/"):
+        name += b"/"
+    if (
+        not extra
+        and len(name) <= 100
+        and len(linkname) <= 100
+        and len(uname) <= 32
+        and len(gname) <= 32
+        and 0 <= uid < _MAX8
+        and 0 <= gid < _MAX8
+        and 0 <= size < _MAX12
+        and 0 <= mtime_ns < _MAX12_NS
+        and (name + linkname + uname + gname).isascii()
+    ):  # the usual member: at most an mtime record (what the general path gives)
+        secs, ns = divmod(mtime_ns, 1_000_000_000)
+        ustar = _ustar(
+            name, typeflag, mode, uid, gid, size, secs, linkname, uname, gname, devmajor, devminor
+        )
+        if not ns:
+            return ustar
+        payload = _record(b"mtime", b"%d.%09d" % (secs, ns))
+        return b"".join((_extended(len(payload)), payload, _PAD[len(payload) :], ustar))
     records: dict[bytes, bytes] = {}
     fraction = pax_mtime(mtime_ns)
     if fraction is not None:
         records[b"mtime"] = fraction
     records.update(extra)
-    if typeflag == b"5" and not name.endswith(b"/"):
-        name += b"/"
     texts = []
     for key, value, limit in (
         (b"path", name, 100),

@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from blanket.backup import BackupOptions, run_backup
-from blanket.frames import FRAME_MAX, FRAME_MIN, FrameCompressor, frame_ends_before
+from blanket.frames import FRAME_MAX, FRAME_MIN, Compressors, FrameCompressor, frame_ends_before
 from blanket.packer import member_path
 from blanket.repo import Repository
 from blanket.restore.tarread import TarReader
@@ -117,7 +117,7 @@ def test_frame_boundaries_rule() -> None:
 
 def test_compressor_reports_its_frames_and_errors(keyring: object) -> None:
     got: list[bytes] = []
-    zc = zstandard.ZstdCompressor(level=3)
+    zc = Compressors(3)
     fc = FrameCompressor(got.append, zc)
     a, b = os.urandom(100), os.urandom(3 << 20)  # one-shot and streamed frames
     fc.write(a)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,8 +44,35 @@ def entries(draw: st.DrawFn) -> tuple[Entry, bytes, int]:
     return e, b"tree/" + e.path, size if kind == model.FILE else 0
 
 
+ASCII_NAME = st.text(st.characters(min_codepoint=1, max_codepoint=127), min_size=1, max_size=110)
+ASCII_OWNER = st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=34)
+
+
+@st.composite
+def usual_entries(draw: st.DrawFn) -> tuple[Entry, bytes, int]:
+    """Members like most of a home directory's (ASCII names and owners, numbers that
+    fit their fields, a nanosecond mtime or a whole second), with the field limits
+    drawn often: the header writer's fast path."""
+    kind = draw(st.sampled_from(KINDS))
+    edge = st.sampled_from([0, 8**7 - 1, 8**7])
+    seconds = st.one_of(st.integers(0, 2**33), st.sampled_from([8**11 - 1, 8**11]))
+    e = Entry(
+        kind,
+        draw(ASCII_NAME).encode(),
+        mode=draw(st.integers(min_value=0, max_value=0o7777)),
+        uid=draw(st.one_of(st.integers(0, 70000), edge)),
+        gid=draw(st.one_of(st.integers(0, 70000), edge)),
+        user=draw(ASCII_OWNER).encode(),
+        group=draw(ASCII_OWNER).encode(),
+        mtime_ns=draw(seconds) * 10**9 + draw(st.sampled_from([0, 1, 999_999_999])),
+        target=draw(ASCII_NAME).encode() if kind in (model.SYMLINK, model.HARDLINK) else b"",
+    )
+    size = draw(st.one_of(st.integers(0, 2**20), st.sampled_from([8**11 - 1, 8**11])))
+    return e, b"tree/" + e.path, size if kind == model.FILE else 0
+
+
 @settings(max_examples=400, deadline=None)
-@given(entries())
+@given(st.one_of(entries(), usual_entries()))
 def test_headers_equal_tarfile(case: tuple[Entry, bytes, int]) -> None:
     e, name, size = case
     ti = tar_info(e, os.fsdecode(name))
@@ -107,3 +135,37 @@ def test_gnu_tar_reads_what_the_headers_say(tmp_path: Path) -> None:
     subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], capture_output=True, check=True)
     assert os.lstat(out / ("d" * 150)).st_mtime_ns == -1_500_000_000
     assert os.lstat(out / os.fsdecode(cases[0].path)).st_mtime_ns == cases[0].mtime_ns
+
+
+def test_headers_at_every_field_limit_equal_tarfile() -> None:
+    """Each field of a usual member at and just past what ustar holds, alone: the
+    header is tarfile's on both sides of every limit."""
+    usual: dict[str, Any] = {
+        "name": b"a" * 20, "size": 100, "uid": 1000, "gid": 1000, "user": b"u",
+        "group": b"g", "mtime_ns": 1_700_000_000_123_456_789, "target": b"t",
+    }  # fmt: skip
+    limits: dict[str, list[Any]] = {
+        "name": [b"n" * 95, b"n" * 96, b"caf\xc3\xa9"],  # "tree/" + 95 = 100
+        "size": [8**11 - 1, 8**11],
+        "uid": [8**7 - 1, 8**7],
+        "gid": [8**7 - 1, 8**7],
+        "user": [b"u" * 32, b"u" * 33, b"\xc3\xa9"],
+        "group": [b"g" * 32, b"g" * 33],
+        "mtime_ns": [0, 10**9, (8**11 - 1) * 10**9 + 5, 8**11 * 10**9, -5],
+        "target": [b"t" * 100, b"t" * 101],
+    }
+    for field_name, values in limits.items():
+        for value in values:
+            for kind in (model.FILE, model.SYMLINK, model.DIR):
+                f = dict(usual, **{field_name: value})
+                e = Entry(
+                    kind, f["name"], mode=0o644, uid=f["uid"], gid=f["gid"], user=f["user"],
+                    group=f["group"], mtime_ns=f["mtime_ns"],
+                    target=f["target"] if kind == model.SYMLINK else b"",
+                )  # fmt: skip
+                name = b"tree/" + e.path
+                size = f["size"] if kind == model.FILE else 0
+                ti = tar_info(e, os.fsdecode(name))
+                ti.size = size
+                want = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+                assert entry_header(e, name, size=size) == want, (field_name, value, kind)

@@ -505,5 +505,6 @@ def run_restore(
                 f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
             )
         with SafeWriter(opts.target) as writer:
+            writer.note_if_empty()
             job.write(plan, writer, workdir)
     return job.result

@@ -50,8 +50,12 @@ def _number(field: bytes) -> int:
 
 
 def _checksum_ok(header: bytes) -> bool:
-    stored = _number(header[148:156])
-    unsigned = sum(header) - sum(header[148:156]) + 256
+    field = header[148:156]
+    try:
+        stored = int(field[:6], 8) if field[6:7] in (b"\0", b" ") else _number(field)
+    except ValueError:  # not six octal digits
+        stored = _number(field)
+    unsigned = sum(header) - sum(field) + 256
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 256
@@ -175,7 +179,7 @@ class TarReader:
         return self._avail() >= n
 
     def _exact(self, n: int) -> bytes:
-        if not self._fill(n):
+        if len(self._buf) - self._pos < n and not self._fill(n):
             raise tarfile.ReadError("unexpected end of data")
         out = self._buf[self._pos : self._pos + n]
         self._pos += n
@@ -224,20 +228,26 @@ class TarReader:
 
     def next(self) -> Member | None:
         """The next member, or None at the end of the archive."""
-        self._discard(self._skip + self.data_left)
+        gap = self._skip + self.data_left
+        if gap <= len(self._buf) - self._pos:
+            self._pos += gap
+        else:
+            self._discard(gap)
         self.serial += 1
         self._skip = self.data_left = 0
         pax: dict[bytes, bytes] = {}
         longname = None
         extended = False
         while True:
-            if not self._fill(BLOCK):
+            if len(self._buf) - self._pos < BLOCK and not self._fill(BLOCK):
                 if extended:
                     raise tarfile.ReadError("the archive ends after an extended header")
                 if not self._seen:
                     raise tarfile.ReadError("empty file" if not self._avail() else "truncated")
                 return None  # as tarfile: a truncated last header ends the archive
-            header = self._exact(BLOCK)
+            pos = self._pos
+            header = self._buf[pos : pos + BLOCK]
+            self._pos = pos + BLOCK
             self._seen = True
             if header == _ZERO_BLOCK:
                 if extended:
@@ -246,7 +256,10 @@ class TarReader:
             if not _checksum_ok(header):
                 raise tarfile.ReadError("bad tar header checksum")
             kind = header[156:157]
-            size = _number(header[124:136])
+            try:  # the usual size field: 11 octal digits and a NUL
+                size = int(header[124:135], 8) if header[135] == 0 else _number(header[124:136])
+            except ValueError:
+                size = _number(header[124:136])
             if kind in (b"x", b"X", b"g", b"L", b"K"):
                 if not 0 <= size <= _MAX_EXTENDED:
                     raise tarfile.ReadError(f"an extended header of {size} bytes")

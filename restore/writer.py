@@ -4,7 +4,7 @@ The target is opened once; every path below it is walked one component at a time
 descriptor with ``O_NOFOLLOW``, and every syscall names a single component relative to a
 directory descriptor (``dir_fd``), so no symlink below the target is ever followed. Paths
 come from packs and are untrusted: each is checked with ``check_relpath`` first. Content
-and nodes are created under a temporary name (``.blanket-tmp-<random>``) in the final
+and nodes are created under a temporary name (``.blanket-tmp-<random>-<n>``) in the final
 directory, given their metadata, then renamed into place; on any failure the temporary
 is removed. A directory's own metadata waits for ``finish_dir``, which the caller calls
 once everything below it is written (so a ``0o500`` directory can still be filled).
@@ -16,6 +16,7 @@ import errno
 import functools
 import grp
 import hashlib
+import itertools
 import os
 import pwd
 import secrets
@@ -92,10 +93,19 @@ def _lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
+_temp_names = itertools.count()
+_TEMP_RUN = secrets.token_hex(6).encode()  # this process's; a counter tells its names apart
+
+
+def _temp_name() -> bytes:
+    return b"%s%s-%d" % (_TMP_PREFIX, _TEMP_RUN, next(_temp_names))
+
+
 def _create_temp(make: Callable[[bytes], _T]) -> tuple[_T, bytes]:
-    """Call ``make(name)`` with fresh temporary names until one does not exist yet."""
+    """Call ``make(name)`` with fresh temporary names until one does not exist yet
+    (``O_EXCL`` and the like make an existing name fail, never get reused)."""
     while True:
-        name = _TMP_PREFIX + secrets.token_hex(8).encode()
+        name = _temp_name()
         try:
             return make(name), name
         except FileExistsError:
@@ -187,6 +197,7 @@ class SafeWriter:
             os.makedirs(top, exist_ok=True)
             _root = os.open(os.path.realpath(top), _DIR_FLAGS)
         self._root = _root
+        self.fresh = False  # see note_if_empty
         self.restore_owner = os.geteuid() == 0 if restore_owner is None else restore_owner
         self.warnings: list[str] = []
         self._cached: tuple[bytes, int] | None = None
@@ -197,7 +208,15 @@ class SafeWriter:
         safely. Close it like this one."""
         if self._root < 0:
             raise ValueError("SafeWriter is closed")
-        return SafeWriter(b"", restore_owner=self.restore_owner, _root=os.dup(self._root))
+        twin = SafeWriter(b"", restore_owner=self.restore_owner, _root=os.dup(self._root))
+        twin.fresh = self.fresh
+        return twin
+
+    def note_if_empty(self) -> None:
+        """Remember whether the target holds nothing yet (before a restore writes): then
+        whatever is in it later, the restore put there, and ``existing_matches`` need not
+        look at the disk (a restore writes each path once)."""
+        self.fresh = not os.listdir(self._root)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -287,11 +306,18 @@ class SafeWriter:
     # --- content and nodes ----------------------------------------------------------
 
     def write_file(self, entry: Entry, chunks: Iterable[bytes]) -> None:
-        """Write a regular file from ``chunks``, check size and SHA-256, then rename it in."""
+        """Write a regular file from ``chunks``, check size and SHA-256, then rename it in.
+        (The per-file path of a restore: kept to the system calls it needs.)"""
         parent, name = _split(entry.path)
         dir_fd = self._parent(parent)
-        fd, tmp = _create_temp(lambda n: os.open(n, _TMP_FLAGS, 0o600, dir_fd=dir_fd))
-        with _removed_on_error(dir_fd, tmp):
+        while True:
+            tmp = _temp_name()
+            try:
+                fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                continue
+        try:
             try:
                 size, sha = _write_chunks(fd, chunks, sparse=bool(entry.sparse))
                 if size != entry.size or (entry.sha256 and sha != entry.sha256.lower()):
@@ -303,6 +329,10 @@ class SafeWriter:
             finally:
                 os.close(fd)
             self._replace(dir_fd, tmp, name, entry.path)
+        except BaseException:  # even KeyboardInterrupt: never leave the temporary behind
+            with suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
 
     def make_symlink(self, entry: Entry) -> None:
         """Create a symlink whose text is ``entry.target`` (data: never followed by us)."""
@@ -364,10 +394,11 @@ class SafeWriter:
             self._replace(dir_fd, tmp, name, entry.path)
 
     def existing_matches(self, entry: Entry) -> bool:
-        """True if a regular file with the entry's size and SHA-256 already sits at its path."""
-        parent, name = _split(entry.path)
-        if not entry.sha256:
+        """True if a regular file with the entry's size and SHA-256 already sits at its path
+        (never in a target that was empty: a restore writes each path once)."""
+        if not entry.sha256 or self.fresh:
             return False
+        parent, name = _split(entry.path)
         try:
             dir_fd = self._parent(parent, create=False)
         except FileNotFoundError:
@@ -393,6 +424,11 @@ class SafeWriter:
 
     def _replace(self, dir_fd: int, tmp: bytes, name: bytes, path: bytes) -> None:
         """Rename ``tmp`` to ``name``; an empty directory there is removed, a full one refused."""
+        try:  # the usual case: nothing there, or a non-directory that rename replaces
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        except IsADirectoryError:
+            pass
         st = _lstat_at(dir_fd, name)
         if st is not None and stat.S_ISDIR(st.st_mode):
             self._forget(path)  # the cache holds a parent, but never keep a removed dir's fd
@@ -411,7 +447,8 @@ class SafeWriter:
         """Owner, xattrs, mode (after chown, which clears setuid), then times, on an fd."""
         if self.restore_owner:
             os.fchown(fd, *_owner(entry))
-        self._set_xattrs(entry, fd)
+        if entry.xattrs:
+            self._set_xattrs(entry, fd)
         os.fchmod(fd, entry.mode & 0o7777)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 

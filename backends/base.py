@@ -133,6 +133,13 @@ class Backend(ABC):
         with open(path, "rb") as f:
             self.put(key, f)
 
+    def open_local(self, key: str) -> BinaryIO | None:
+        """The object as a file open for reading, where the store is a local filesystem
+        and reading it in place costs no copy (the caller closes it); None elsewhere.
+
+        Raises what :meth:`head` raises."""
+        return None
+
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Return the whole object.

@@ -87,6 +87,10 @@ class LocalBackend(Backend):
             with self._errors("write", key):
                 os.close(dir_fd)
 
+    def open_local(self, key: str) -> BinaryIO:
+        with self._open(key) as (fd, _size):
+            return os.fdopen(os.dup(fd), "rb")
+
     def get(self, key: str) -> bytes:
         with self._open(key) as (fd, size):
             return _read_at(fd, 0, size)

@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import gnupg
 
@@ -130,8 +130,9 @@ class Gpg:
             raise CryptoError(f"gpg could not encrypt: {_reason(result)}")
         return bytes(result.data)
 
-    def decrypt_to_file(self, src_path: str, out_path: str, what: str) -> None:
-        """Decrypt the file ``src_path`` into ``out_path`` and check its signature.
+    def decrypt_to_file(self, src_path: str | BinaryIO, out_path: str, what: str) -> None:
+        """Decrypt the file ``src_path`` (a path or a file open for reading) into
+        ``out_path`` and check its signature.
 
         On any failure ``out_path`` is removed before the error is raised, so no
         unverified plaintext is left to be used.

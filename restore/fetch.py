@@ -1,10 +1,12 @@
 """Fetch one pack, prove it is the one its signed index names, and stream its members.
 
-The data object is downloaded to a temporary file while its SHA-256 is computed; it must
-match the size and hash the (already verified) index records. Then gpg decrypts it and the
-signature is checked before a single byte of the plaintext is used. Only then is the tar
-stream read, member by member, by our own reader (``tarread``); nothing is ever extracted
-by ``tarfile``. ``Prefetcher`` runs these fetches one pack ahead of the caller.
+The data object is downloaded to a temporary file while its SHA-256 is computed (a local
+store's file is hashed in place instead, and decrypted from the same open file, with no
+copy); it must match the size and hash the (already verified) index records. Then gpg
+decrypts it and the signature is checked before a single byte of the plaintext is used.
+Only then is the tar stream read, member by member, by our own reader (``tarread``);
+nothing is ever extracted by ``tarfile``. ``Prefetcher`` runs these fetches ahead of the
+caller.
 """
 
 from __future__ import annotations
@@ -74,6 +76,22 @@ def fetch_plaintext(
     (the temporary files are removed first), ``NotFound`` when it is missing.
     """
     key = header.data_key
+    local = backend.open_local(key)
+    if local is not None:  # a local store: hashed and decrypted in place, never copied
+        with local:
+            hashing = HashingSink()
+            try:
+                while block := local.read(CHUNK):
+                    hashing.write(block)
+            finally:
+                if meter is not None:
+                    meter(hashing.size)
+            _check_copy(key, header, hashing)
+            local.seek(0)
+            fd, plain_path = tempfile.mkstemp(prefix="zst-", dir=workdir)
+            os.close(fd)
+            gpg.decrypt_to_file(local, plain_path, key)  # the very file that was hashed
+            return plain_path
     fd, enc_path = tempfile.mkstemp(prefix="enc-", dir=workdir)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -83,16 +101,20 @@ def fetch_plaintext(
             finally:
                 if meter is not None:
                     meter(hashing.size)
-        if hashing.size != header.data_size or hashing.digest.hexdigest() != header.data_sha256:
-            raise IntegrityError(
-                f"{key} does not match its index (size {hashing.size}, expected "
-                f"{header.data_size}; damaged, truncated or swapped)"
-            )
+        _check_copy(key, header, hashing)
         plain_path = enc_path.replace("enc-", "zst-")
         gpg.decrypt_to_file(enc_path, plain_path, key)
         return plain_path
     finally:
         os.unlink(enc_path)
+
+
+def _check_copy(key: str, header: IndexHeader, hashing: HashingSink) -> None:
+    if hashing.size != header.data_size or hashing.digest.hexdigest() != header.data_sha256:
+        raise IntegrityError(
+            f"{key} does not match its index (size {hashing.size}, expected "
+            f"{header.data_size}; damaged, truncated or swapped)"
+        )
 
 
 def members(zst_path: str) -> Iterator[Member]:

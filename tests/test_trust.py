@@ -342,3 +342,40 @@ def test_a_full_disk_stops_restore_with_a_clear_error_and_no_temporaries(
             assert p.read_bytes() == (src / p.name).read_bytes(), f"{p.name} is not whole"
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_local_stores_pack_is_checked_and_decrypted_in_place(
+    layered: Any, keyring: Any, tmp_path: Path
+) -> None:
+    """A local store's pack is hashed and decrypted where it lies (no copy in the
+    restore's work folder); a flipped byte is still refused, by name, and leaves
+    nothing behind."""
+    import tarfile
+
+    import zstandard
+
+    from blanket.errors import IntegrityError
+    from blanket.restore.fetch import fetch_plaintext
+
+    repo = _open(layered["url"], keyring)
+    repo.refresh()
+    header = repo.headers[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    read: list[int] = []
+
+    def no_copy(*args: object) -> bytes:
+        raise AssertionError("a local pack was copied by ranged reads")
+
+    repo.backend.get_range = no_copy  # type: ignore[method-assign]
+    plain = fetch_plaintext(repo.backend, repo.gpg, header, str(work), read.append)
+    assert [p.name for p in work.iterdir()] == [Path(plain).name]  # no encrypted copy
+    assert read == [header.data_size]
+    with open(plain, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as z:
+        with tarfile.open(fileobj=z, mode="r|") as tar:
+            assert "index.txt" in [m.name for m in tar]
+    os.unlink(plain)
+    _flip(Path(layered["url"]) / header.data_key)
+    with pytest.raises(IntegrityError, match="does not match its index"):
+        fetch_plaintext(repo.backend, repo.gpg, header, str(work))
+    assert list(work.iterdir()) == []

@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from test_crash import CRASHED
 from test_gc_crash import child_gc
@@ -53,6 +53,12 @@ class ReadCounter(LocalBackend):
         if key.startswith("data/"):
             self.data_read += len(data)
         return data
+
+    def open_local(self, key: str) -> BinaryIO:
+        f = super().open_local(key)  # read whole in place by whoever opens it
+        if key.startswith("data/"):
+            self.data_read += os.fstat(f.fileno()).st_size
+        return f
 
 
 # --- the source and what it held ------------------------------------------------------

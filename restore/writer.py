@@ -306,18 +306,11 @@ class SafeWriter:
     # --- content and nodes ----------------------------------------------------------
 
     def write_file(self, entry: Entry, chunks: Iterable[bytes]) -> None:
-        """Write a regular file from ``chunks``, check size and SHA-256, then rename it in.
-        (The per-file path of a restore: kept to the system calls it needs.)"""
+        """Write a regular file from ``chunks``, check size and SHA-256, then rename it in."""
         parent, name = _split(entry.path)
         dir_fd = self._parent(parent)
-        while True:
-            tmp = _temp_name()
-            try:
-                fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=dir_fd)
-                break
-            except FileExistsError:
-                continue
-        try:
+        fd, tmp = _create_temp(lambda n: os.open(n, _TMP_FLAGS, 0o600, dir_fd=dir_fd))
+        with _removed_on_error(dir_fd, tmp):
             try:
                 size, sha = _write_chunks(fd, chunks, sparse=bool(entry.sparse))
                 if size != entry.size or (entry.sha256 and sha != entry.sha256.lower()):
@@ -329,10 +322,6 @@ class SafeWriter:
             finally:
                 os.close(fd)
             self._replace(dir_fd, tmp, name, entry.path)
-        except BaseException:  # even KeyboardInterrupt: never leave the temporary behind
-            with suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
 
     def make_symlink(self, entry: Entry) -> None:
         """Create a symlink whose text is ``entry.target`` (data: never followed by us)."""

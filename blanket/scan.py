@@ -129,8 +129,8 @@ def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
         if hinted is not None:
             return hinted
     root = os.fsencode(root)
-    full = root if item.path == ROOT else root + b"/" + item.path
-    if len(full) < _PATH_MAX:  # the usual case, without a context manager per path
+    full = _direct(root, item.path)
+    if full is not None:  # the usual case, without a context manager per path
         target, sparse, xattrs = _extras(full, kind, st)
     else:
         with _reachable(root, item.path) as path:
@@ -179,8 +179,8 @@ def open_for_read(root: str | bytes, path: bytes) -> int:
     ``OSError`` (``EINVAL``) if ``path`` is no longer a regular file.
     """
     root = os.fsencode(root)
-    full = root if path == ROOT else root + b"/" + path
-    if len(full) < _PATH_MAX:
+    full = _direct(root, path)
+    if full is not None:
         return _open_regular(full)
     with _reachable(root, path) as reachable:
         return _open_regular(reachable)
@@ -280,11 +280,17 @@ def _open_regular(path: bytes) -> int:
     return fd
 
 
+def _direct(root: bytes, path: bytes) -> bytes | None:
+    """``root/path`` when a system call accepts it as it is (shorter than PATH_MAX)."""
+    full = root if path == ROOT else root + b"/" + path
+    return full if len(full) < _PATH_MAX else None
+
+
 @contextmanager
 def _reachable(root: bytes, path: bytes) -> Iterator[bytes]:
     """A path naming ``root/path`` that a single system call accepts."""
-    full = root if path == ROOT else root + b"/" + path
-    if len(full) < _PATH_MAX:
+    full = _direct(root, path)
+    if full is not None:
         yield full
         return
     parent, _, name = path.rpartition(b"/")

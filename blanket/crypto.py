@@ -14,6 +14,7 @@ import fcntl
 import os
 import subprocess
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -131,23 +132,62 @@ class Gpg:
         return bytes(result.data)
 
     def decrypt_to_file(self, src_path: str | BinaryIO, out_path: str, what: str) -> None:
-        """Decrypt the file ``src_path`` (a path or a file open for reading) into
-        ``out_path`` and check its signature.
+        """Decrypt the file ``src_path`` (a path, or a file open for reading at its start)
+        into ``out_path`` and check its signature.
 
-        On any failure ``out_path`` is removed before the error is raised, so no
-        unverified plaintext is left to be used.
+        gpg reads the file itself (as its stdin): nothing is copied through Python. On any
+        failure ``out_path`` is removed before the error is raised, so no unverified
+        plaintext is left to be used.
         """
+        args = ["--decrypt", "--yes", "--trust-model", "always", "--output", out_path]
         try:
-            result = self._gpg.decrypt_file(
-                src_path,
-                output=out_path,
-                passphrase=self.key.passphrase,
-                always_trust=True,
-                extra_args=["--yes"],
-            )
+            with ExitStack() as stack:
+                src = src_path
+                if isinstance(src, str):
+                    src = stack.enter_context(open(src, "rb"))  # noqa: SIM115
+                status = stack.enter_context(tempfile.TemporaryFile())
+                code = self._run(args, src, status)
+                status.seek(0)
+                text = status.read().decode("utf-8", "replace")
+            result = self._gpg.result_map["crypt"](self._gpg)
+            for line in text.splitlines():
+                if line.startswith("[GNUPG:] "):
+                    keyword, _, value = line[9:].rstrip().partition(" ")
+                    result.handle_status(keyword, value)
+            result.stderr, result.returncode = text, code
             self.check(result, what)
         except BaseException:
             _remove(out_path)
+            raise
+
+    def _run(self, args: list[str], stdin: BinaryIO, status: BinaryIO) -> int:
+        """Run gpg with ``args`` on ``stdin``, its status lines (and messages) to
+        ``status``; the passphrase, if any, goes by a pipe of its own."""
+        fds: tuple[int, ...] = ()
+        if self.key.passphrase is not None:
+            read_end, write_end = os.pipe()
+            with os.fdopen(write_end, "wb") as w:  # a passphrase fits in a pipe's buffer
+                w.write(self.key.passphrase.encode("utf-8") + b"\n")
+            fds = (read_end,)
+            args = ["--pinentry-mode", "loopback", "--passphrase-fd", str(read_end), *args]
+        try:
+            proc = subprocess.Popen(
+                self._gpg.make_args(args, False),
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=status,
+                pass_fds=fds,
+            )
+        except OSError as exc:
+            raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            return proc.wait()
+        except BaseException:  # interrupted: leave no gpg behind
+            proc.kill()
+            proc.wait()
             raise
 
     def decrypt_unchecked(self, data: bytes) -> tuple[bytes, Any]:

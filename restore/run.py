@@ -33,20 +33,24 @@ from blanket.packer import member_name
 from blanket.repo import Repository
 from blanket.restore.fetch import Prefetcher, fetch_from_any, members
 from blanket.restore.plan import Plan, missing_tops, select, show
-from blanket.restore.pool import WriterPool
 from blanket.restore.ranged import PARTIAL_PREFIX, fetch_frames, frames_for
 from blanket.restore.split import SplitContent
 from blanket.restore.target import check_target
+from blanket.restore.workers import PackWorkers
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 from blanket.units import show_time
 
 _PER_FILE = (UnsafePath, ContentMismatch, NotPermitted)
 _UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)
 MAX_FALLBACKS = 8
-WRITERS = 1  # helper threads creating small files: more contend for the directory's lock
-SMALL = 1 << 20  # members up to this size are read whole and written by a helper
+MAX_WORKERS = 4  # processes writing packs' files (restore.workers), if there are cores
+WORKERS_FROM = 16 << 20  # bytes to restore from which forking workers pays
+SMALL = 1 << 20  # members up to this size are read whole
 FETCH_AHEAD = 2  # packs fetched (download, check, decrypt) at once, ahead of the one in use
 PackKey = tuple[int, int]  # (origin, seq)
+Outcome = tuple[Entry, Exception | None, list[str]]  # a file written: (entry, error, warnings)
+Report = Callable[[PackKey, Entry, Exception | None, list[str]], None]
+Content = bytes | Iterator[bytes]
 
 
 @dataclass
@@ -56,6 +60,7 @@ class RestoreOptions:
     at_layer: int | None = None
     at_time: int | None = None
     force: bool = False
+    workers: int | None = None  # processes writing files (restore.workers); None: by size
 
 
 @dataclass
@@ -165,12 +170,12 @@ class _Restore:
             self.guard(d, partial(writer.finish_dir, d), writer)
 
     def write_content(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
-        """Every file's content: pack by pack, then split files. The next pack is
-        fetched and verified while this one is written; small files are written by a
-        helper thread, judged here in order."""
-        pool: WriterPool[PackKey] = WriterPool(writer, WRITERS, self.file_done)
+        """Every file's content: pack by pack, then split files. The next packs are
+        fetched and verified while one is written; a whole pack's files are written by a
+        worker process (restore.workers), judged here in order."""
         self.workdir = workdir
-        try:
+        work, done = partial(self.write_pack, plan, writer), partial(self.pack_written, writer)
+        with PackWorkers(self.workers(plan), work, done) as workers:
             with Prefetcher(partial(self.fetch, workdir), FETCH_AHEAD) as pre:
                 jobs = itertools.chain(
                     self.pack_jobs(plan, writer), self.split_jobs(plan, writer, pre)
@@ -180,11 +185,16 @@ class _Restore:
                 while ahead:
                     job = ahead.popleft()
                     self.pull(jobs, ahead, pre)  # named now, so it is fetched meanwhile
-                    job.run(pre, writer, pool)
-                    pool.flush()
-            pool.drain()
-        finally:
-            pool.close()
+                    job.run(pre, writer, workers)
+            workers.drain()
+
+    def workers(self, plan: Plan) -> int:
+        """How many worker processes write packs' files: one per core (up to
+        ``MAX_WORKERS``) when there is more than one core and enough to restore."""
+        if self.opts.workers is not None:
+            return self.opts.workers
+        cores = len(os.sched_getaffinity(0))
+        return min(cores, MAX_WORKERS) if cores > 1 and plan.bytes >= WORKERS_FROM else 0
 
     @staticmethod
     def pull(jobs: Iterator[_Job], ahead: deque[_Job], pre: Prefetcher[PackKey]) -> None:
@@ -321,6 +331,16 @@ class _Restore:
         self.result.bytes_written += e.size
         self.listener(FileRestored(e.path, e.size))
 
+    def still_wanted(
+        self, plan: Plan, origin: int, seq: int, done: int, writer: SafeWriter
+    ) -> list[Entry]:
+        """The files of a pack not in place yet; the first ``done`` are."""
+        return [
+            e
+            for i, e in enumerate(plan.pack_entries(origin, seq))
+            if i >= done and not writer.existing_matches(e)
+        ]
+
     def restore_pack(
         self,
         plan: Plan,
@@ -329,73 +349,80 @@ class _Restore:
         done: int,
         pre: Prefetcher[PackKey],
         writer: SafeWriter,
-        pool: WriterPool[PackKey],
+        workers: PackWorkers[_PackOutcome],
     ) -> None:
-        """The files of one pack; the first ``done`` are already in place."""
-        wanted = []
-        for i, e in enumerate(plan.pack_entries(origin, seq)):
-            if i >= done and not writer.existing_matches(e):
-                wanted.append(e)
-        self.result.unchanged += plan.packs[(origin, seq)] - done - len(wanted)
-        if not wanted:
-            return
-        header = self.repos[origin].by_seq[seq]
+        """Hand the files of one pack to a worker, once the pack is fetched and verified."""
         try:
             zst = pre.take((origin, seq))
         except IntegrityError as exc:
-            for e in wanted:
+            for e in self.still_wanted(plan, origin, seq, done, writer):
                 self.content_failed(origin, seq, e, str(exc))
             return
         self.result.packs_read += 1
-        # matched by member name: a pack's members need not be in clock order (parts);
-        # a file whose entry names another ``target`` borrows that member's content
-        pending: dict[bytes, list[Entry]] = {}
-        for e in wanted:
-            pending.setdefault(os.fsencode(member_name(e.target or e.path)), []).append(e)
+        workers.submit(origin, seq, done, zst)
+
+    def write_pack(
+        self, plan: Plan, writer: SafeWriter, origin: int, seq: int, done: int, zst: str
+    ) -> _PackOutcome:
+        """In a worker: write the files of a pack from its plaintext ``zst`` (then
+        removed); the first ``done`` are already in place. Only reports: nothing here is
+        judged, counted or told to the listener."""
+        wanted = self.still_wanted(plan, origin, seq, done, writer)
+        out = _PackOutcome((origin, seq), plan.packs[(origin, seq)] - done - len(wanted))
+        pending = _by_member(wanted)
         del wanted
-        self.write_members(zst, origin, seq, pending, writer, pool)
-        if pending and os.path.basename(zst).startswith(PARTIAL_PREFIX):
+        try:
+            self.write_members(zst, (origin, seq), pending, partial(_put, writer, out.report))
+        except _UNREADABLE as exc:
+            out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
+        out.left = list(itertools.chain(*pending.values()))
+        out.partial = os.path.basename(zst).startswith(PARTIAL_PREFIX)
+        return out
+
+    def pack_written(self, writer: SafeWriter, out: _PackOutcome) -> None:
+        """Judge what a worker did with a pack; what the frames read lacked is read
+        from the whole pack, here."""
+        for e, error, warnings in out.files:
+            self.file_done(out.where, e, error, warnings)
+        self.result.unchanged += out.unchanged
+        origin, seq = out.where
+        data_key = self.repos[origin].by_seq[seq].data_key
+        why = out.unreadable
+        if out.left and out.partial and why is None:
+            pending = _by_member(out.left)
             try:  # not in the frames read (it should have been): read the whole pack
                 whole = self.fetch_whole(origin, seq)
+                put = partial(_put, writer, self.file_done)
+                self.write_members(whole, out.where, pending, put)
             except IntegrityError as exc:
-                for e in itertools.chain(*pending.values()):
-                    self.content_failed(origin, seq, e, str(exc))
-                pending.clear()
-            else:
-                self.write_members(whole, origin, seq, pending, writer, pool)
-        for e in itertools.chain(*pending.values()):
-            self.content_failed(origin, seq, e, f"missing from {header.data_key}")
+                why = str(exc)
+            except _UNREADABLE as exc:
+                why = f"{data_key} is unreadable: {exc}"
+            out.left = list(itertools.chain(*pending.values()))
+        for e in out.left:
+            self.content_failed(origin, seq, e, why or f"missing from {data_key}")
 
     def fetch_whole(self, origin: int, seq: int) -> str:
         repo = self.repos[origin]
         return fetch_from_any(repo.backends, repo.gpg, repo.by_seq[seq], self.workdir, self.meter)
 
+    @staticmethod
     def write_members(
-        self,
         zst: str,
-        origin: int,
-        seq: int,
+        where: PackKey,
         pending: dict[bytes, list[Entry]],
-        writer: SafeWriter,
-        pool: WriterPool[PackKey],
+        put: Callable[[PackKey, Entry, Content], None],
     ) -> None:
         """Write the files ``pending`` names (by member) from the plaintext ``zst``,
-        then remove it; what it lacks stays in ``pending``."""
+        then remove it; what it lacks stays in ``pending``. Raises what makes the pack
+        unreadable."""
         try:
             for m in members(zst):
                 if m.name not in pending:
                     continue
                 small = m.content(SMALL)
                 for e in pending.pop(m.name):
-                    if small is not None:
-                        pool.submit((origin, seq), e, small)
-                    else:
-                        self.put_file(origin, seq, e, m.chunks(), writer)
-        except _UNREADABLE as exc:
-            data_key = self.repos[origin].by_seq[seq].data_key
-            for e in itertools.chain(*pending.values()):
-                self.content_failed(origin, seq, e, f"{data_key} is unreadable: {exc}")
-            pending.clear()
+                    put(where, e, small if small is not None else m.chunks())
         finally:
             os.unlink(zst)
 
@@ -407,25 +434,12 @@ class _Restore:
         parts: list[tuple[int, Entry]],
         pre: Prefetcher[PackKey],
         writer: SafeWriter,
-        pool: WriterPool[PackKey],
+        workers: PackWorkers[_PackOutcome],
     ) -> None:
+        """A split file, written here from its parts as their packs come."""
         job = SplitContent(self.repos[origin], parts, lambda s: pre.take((origin, s)))
-        self.put_file(origin, seq, e, job.chunks(), writer)
+        _put(writer, self.file_done, (origin, seq), e, job.chunks())
         self.result.packs_read += job.packs_read
-
-    def put_file(
-        self, origin: int, seq: int, e: Entry, chunks: Iterator[bytes], writer: SafeWriter
-    ) -> None:
-        """Write one file here and now (see ``file_done``)."""
-        try:
-            writer.write_file(e, chunks)
-            error: Exception | None = None
-        except (*_UNREADABLE, *_PER_FILE, OSError) as exc:
-            error = exc
-        try:
-            self.file_done((origin, seq), e, error, writer.warnings)
-        finally:
-            writer.warnings.clear()
 
     def file_done(
         self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]
@@ -436,6 +450,46 @@ class _Restore:
             self.content_failed(*where, e, str(error))
         elif self.judge(e, error, warnings):
             self.restored(e)
+
+
+def _put(writer: SafeWriter, report: Report, where: PackKey, e: Entry, content: Content) -> None:
+    """Write one file here and now, and report how it went (see ``file_done``)."""
+    try:
+        writer.write_file(e, (content,) if isinstance(content, bytes) else content)
+        error: Exception | None = None
+    except (*_UNREADABLE, *_PER_FILE, OSError) as exc:
+        error = exc
+    try:
+        report(where, e, error, writer.warnings[:])
+    finally:
+        writer.warnings.clear()
+
+
+def _by_member(entries: Iterable[Entry]) -> dict[bytes, list[Entry]]:
+    """Files by the pack member holding their content: matched by name, as a pack's
+    members need not be in clock order (parts), and a file whose entry names another
+    ``target`` borrows that member's content."""
+    pending: dict[bytes, list[Entry]] = {}
+    for e in entries:
+        pending.setdefault(os.fsencode(member_name(e.target or e.path)), []).append(e)
+    return pending
+
+
+@dataclass
+class _PackOutcome:
+    """What a worker did with one pack (``write_pack``), for ``pack_written`` to judge."""
+
+    where: PackKey
+    unchanged: int  # files found in place already
+    files: list[Outcome] = field(default_factory=list)
+    left: list[Entry] = field(default_factory=list)  # not in the plaintext read
+    partial: bool = False  # that plaintext held only some frames of the pack
+    unreadable: str | None = None  # why the rest of the pack could not be read
+
+    def report(
+        self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]
+    ) -> None:
+        self.files.append((e, error, warnings))
 
 
 def _content_files(plan: Plan) -> list[str]:
@@ -450,9 +504,11 @@ class _Job:
     keys: list[PackKey]
     action: Callable[..., None]
 
-    def run(self, pre: Prefetcher[PackKey], writer: SafeWriter, pool: WriterPool[PackKey]) -> None:
+    def run(
+        self, pre: Prefetcher[PackKey], writer: SafeWriter, workers: PackWorkers[_PackOutcome]
+    ) -> None:
         if self.keys:
-            self.action(pre, writer, pool)
+            self.action(pre, writer, workers)
         else:
             self.action()
 

@@ -468,3 +468,12 @@ class SafeWriter:
                 self.warnings.append(
                     f"{_show(entry.path)}: extended attribute {_show(key)} not restored: {exc}"
                 )
+
+
+def _new_temp_run() -> None:
+    """A forked process (restore.workers) draws its own temporary names."""
+    global _TEMP_RUN
+    _TEMP_RUN = secrets.token_hex(6).encode()
+
+
+os.register_at_fork(after_in_child=_new_temp_run)

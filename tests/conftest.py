@@ -84,3 +84,10 @@ def cli(keyring: Keyring, tmp_path: Path) -> object:
         return result
 
     return run
+
+
+@pytest.fixture(params=[0, 2], ids=["in-process", "2-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """How many processes a restore forks to write files (restore.workers): a test that
+    takes this fixture runs both ways."""
+    return int(request.param)

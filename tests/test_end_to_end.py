@@ -57,8 +57,10 @@ def restore(
     paths: list[bytes] | None = None,
     at_layer: int | None = None,
     at_time: int | None = None,
+    workers: int | None = None,
 ) -> RestoreResult:
-    result = run_restore(repo, RestoreOptions(str(target), list(paths or []), at_layer, at_time))
+    opts = RestoreOptions(str(target), list(paths or []), at_layer, at_time, workers=workers)
+    result = run_restore(repo, opts)
     assert result.problems == [], result.problems
     return result
 
@@ -574,7 +576,7 @@ def test_pack_size_1k_gives_many_commits_that_restore_identically(
 
 
 def test_many_packs_restore_identically(
-    repo: Repository, repo_url: str, keyring, tmp_path: Path
+    repo: Repository, repo_url: str, keyring, tmp_path: Path, workers: int
 ) -> None:
     src = tmp_path / "src"
     _small_files(src, 80)
@@ -584,7 +586,7 @@ def test_many_packs_restore_identically(
     fresh = reopen(repo_url, keyring.home)
     assert len(fresh.refresh()) == result.packs
     out = tmp_path / "out"
-    got = restore(fresh, out)
+    got = restore(fresh, out, workers=workers)
     assert result.packs // 2 < got.packs_read <= result.packs  # packs of only dirs are skipped
     assert_same_tree(before, snapshot(out), "restore from many packs")
 
@@ -601,11 +603,11 @@ def test_many_packs_restore_identically(
     fresh = reopen(repo_url, keyring.home)
     for at, want in ((0, before), (None, after)):
         target = tmp_path / f"out-{at}"
-        restore(fresh, target, at_layer=at)
+        restore(fresh, target, at_layer=at, workers=workers)
         assert_same_tree(want, snapshot(target), f"restore --at {at} from many packs")
     # a subtree restore reads only what it needs
     out2 = tmp_path / "sub"
-    got = restore(fresh, out2, [b"dir3/sub1"])
+    got = restore(fresh, out2, [b"dir3/sub1"], workers=workers)
     assert_same_tree(
         {b"dir3": after[b"dir3"], **subtree(after, b"dir3/sub1")},
         snapshot(out2, with_root=False),

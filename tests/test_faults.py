@@ -113,8 +113,8 @@ def backup(repo: Repository, src: Path) -> BackupResult:
     return run_backup(repo, str(src), OPTS)
 
 
-def restore(repo: Repository, target: Path) -> RestoreResult:
-    return run_restore(repo, RestoreOptions(str(target)))
+def restore(repo: Repository, target: Path, workers: int | None = None) -> RestoreResult:
+    return run_restore(repo, RestoreOptions(str(target), workers=workers))
 
 
 def assert_commits_sound(plain: Backend, home: str, state: Path) -> int:
@@ -284,13 +284,13 @@ def test_lying_index_put_never_breaks_the_chain(
 
 @pytest.mark.parametrize("plain", ["memory"], indirect=True)
 def test_flipped_bit_in_a_pack_is_never_restored_as_good(
-    setup: tuple[Backend, str], src: Path, tmp_path: Path
+    setup: tuple[Backend, str], src: Path, tmp_path: Path, workers: int
 ) -> None:
     plain, home = setup
     backup(Stack(plain, [], home).repo(), src)
     reader = Stack(plain, [Fault("get_range", 2, "flip_bit", "data/")], home)
     out = tmp_path / "out"
-    result = restore(reader.repo(), out)
+    result = restore(reader.repo(), out, workers=workers)
     reader.faulty.assert_all_fired()
     wanted = snapshot(src)
     got = snapshot(out)

@@ -74,12 +74,14 @@ def _setup(repo: Repository, tmp_path: Path) -> Path:
     return src
 
 
-def _restore_elsewhere(repo_url: str, keyring: Any, tmp_path: Path) -> tuple[Path, Any]:
+def _restore_elsewhere(
+    repo_url: str, keyring: Any, tmp_path: Path, workers: int
+) -> tuple[Path, Any]:
     """Restore on a machine that only knows the store (nothing cached)."""
     os.environ["BLANKET_STATE_DIR"] = str(tmp_path / "other-machine")
     repo = Repository.open(LocalBackend(repo_url), keyring.home)
     target = tmp_path / "sandbox" / "target"
-    return target, run_restore(repo, RestoreOptions(str(target)))
+    return target, run_restore(repo, RestoreOptions(str(target), workers=workers))
 
 
 def _outside(tmp_path: Path) -> set[str]:
@@ -92,28 +94,28 @@ def _outside(tmp_path: Path) -> set[str]:
 
 
 def test_escaping_paths_in_a_signed_index_are_refused(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     _setup(repo, tmp_path)
     _commit(repo, [(_file(b"../escape", b"evil"), b"evil")])
-    target, result = _restore_elsewhere(repo_url, keyring, tmp_path)
+    target, result = _restore_elsewhere(repo_url, keyring, tmp_path, workers=workers)
     assert _outside(tmp_path) == set()
     assert (target / "good.txt").read_text() == "good"
     assert any("malformed" in m for _, m in result.problems)
 
 
 def test_absolute_paths_are_refused(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     _setup(repo, tmp_path)
     victim = tmp_path / "sandbox" / "absolute"
     _commit(repo, [(_file(os.fsencode(victim), b"evil"), b"evil")])
-    target, result = _restore_elsewhere(repo_url, keyring, tmp_path)
+    target, result = _restore_elsewhere(repo_url, keyring, tmp_path, workers=workers)
     assert not victim.exists() and result.problems
 
 
 def test_a_file_through_a_symlink_and_links_to_outside_go_nowhere(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     _setup(repo, tmp_path)
     outside = tmp_path / "sandbox" / "outside"
@@ -127,7 +129,7 @@ def test_a_file_through_a_symlink_and_links_to_outside_go_nowhere(
         (Entry(model.HARDLINK, b"c-hard", mode=0o644, target=b"b-sym", since=t), None),
     ]
     _commit(repo, items)
-    target, result = _restore_elsewhere(repo_url, keyring, tmp_path)
+    target, result = _restore_elsewhere(repo_url, keyring, tmp_path, workers=workers)
     assert (outside / "secret").read_text() == "keep me"
     assert _outside(tmp_path) == {"outside", "outside/secret"}
     assert os.readlink(target / "a-link") == os.fsencode(outside).decode()
@@ -136,17 +138,17 @@ def test_a_file_through_a_symlink_and_links_to_outside_go_nowhere(
 
 
 def test_a_hard_link_to_outside_is_refused(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     _setup(repo, tmp_path)
     t = 2 * 10**18
     _commit(repo, [(Entry(model.HARDLINK, b"h", target=b"../../etc/passwd", since=t), None)])
-    target, result = _restore_elsewhere(repo_url, keyring, tmp_path)
+    target, result = _restore_elsewhere(repo_url, keyring, tmp_path, workers=workers)
     assert not (target / "h").exists() and result.problems
 
 
 def test_absurd_declared_sizes_are_reported_and_never_written(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     _setup(repo, tmp_path)
     _commit(
@@ -154,7 +156,7 @@ def test_absurd_declared_sizes_are_reported_and_never_written(
         [(_file(b"huge", b"tiny"), b"tiny")],
         claim=lambda entries: [replace(e, size=10**15) for e in entries],
     )
-    target, result = _restore_elsewhere(repo_url, keyring, tmp_path)
+    target, result = _restore_elsewhere(repo_url, keyring, tmp_path, workers=workers)
     assert not (target / "huge").exists()
     assert any(p == b"huge" for p, _ in result.problems)
     assert not any(p.name.startswith(".blanket-tmp") for p in target.rglob("*"))

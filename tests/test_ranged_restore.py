@@ -54,8 +54,10 @@ def same_tree(a: Path, b: Path) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
-def restore(repo: Repository | list[Repository], to: Path, *paths: bytes) -> RestoreResult:
-    return run_restore(repo, RestoreOptions(str(to), list(paths)))
+def restore(
+    repo: Repository | list[Repository], to: Path, *paths: bytes, workers: int | None = None
+) -> RestoreResult:
+    return run_restore(repo, RestoreOptions(str(to), list(paths), workers=workers))
 
 
 def backed_up(repo: Repository, src: Path) -> dict[str, int]:
@@ -85,7 +87,9 @@ def test_one_folder_reads_little_more_than_itself(repo: Repository, tmp_path: Pa
     same_tree(src, tmp_path / "all")
 
 
-def test_a_damaged_frame_is_never_used(repo: Repository, repo_url: str, tmp_path: Path) -> None:
+def test_a_damaged_frame_is_never_used(
+    repo: Repository, repo_url: str, tmp_path: Path, workers: int
+) -> None:
     """Flip a byte inside the folder's frames: the frame hash catches it, the whole pack
     is then tried (and found damaged), and the restore says so: no wrong file."""
     src = tmp_path / "src"
@@ -94,7 +98,7 @@ def test_a_damaged_frame_is_never_used(repo: Repository, repo_url: str, tmp_path
     data = Path(repo_url) / h.data_key
     good = data.read_bytes()
     probe = tmp_path / "probe"
-    read_ok = restore(repo, probe, b"folder12").pack_bytes_read
+    read_ok = restore(repo, probe, b"folder12", workers=workers).pack_bytes_read
     assert read_ok < len(good) / 4
     # the frames of folder12 lie about in the middle of the pack, where the entries are
     listed = repo.entries(h.seq)
@@ -106,7 +110,7 @@ def test_a_damaged_frame_is_never_used(repo: Repository, repo_url: str, tmp_path
     data.chmod(0o644)
     data.write_bytes(bytes(damaged))
     out = tmp_path / "out"
-    result = restore(repo, out, b"folder12")
+    result = restore(repo, out, b"folder12", workers=workers)
     assert result.problems, "the damage went unnoticed"
     for _path, message in result.problems:
         assert h.data_key in message or "does not match" in message, message
@@ -117,7 +121,7 @@ def test_a_damaged_frame_is_never_used(repo: Repository, repo_url: str, tmp_path
 
 
 def test_a_mirror_serves_the_frames_a_damaged_copy_cannot(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     src = tmp_path / "src"
     backed_up(repo, src)
@@ -132,7 +136,7 @@ def test_a_mirror_serves_the_frames_a_damaged_copy_cannot(
     data.write_bytes(bytes(damaged))
     second = Repository.open(open_backend(str(mirror)), keyring.home)
     out = tmp_path / "out"
-    result = restore([repo, second], out, b"folder05")
+    result = restore([repo, second], out, b"folder05", workers=workers)
     assert result.problems == []
     same_tree(src / "folder05", out / "folder05")
     assert result.pack_bytes_read < h.data_size / 2  # ranges from both copies, not whole
@@ -176,7 +180,7 @@ def test_s3_serves_ranges(s3_url: str, keyring: Any, tmp_path: Path) -> None:
     assert os.path.exists(out / "folder20" / "file0.bin")
 
 
-def test_split_files_and_their_neighbours(repo: Repository, tmp_path: Path) -> None:
+def test_split_files_and_their_neighbours(repo: Repository, tmp_path: Path, workers: int) -> None:
     """A folder next to a split file reads only its frames; a whole restore, with the
     split file, is exact and reads no pack more than twice (a pack holding a part and
     other files is read for each)."""
@@ -188,7 +192,7 @@ def test_split_files_and_their_neighbours(repo: Repository, tmp_path: Path) -> N
     result = run_backup(repo, str(src), BackupOptions(pack_size=1 << 20))
     assert result.complete and result.packs > 4
     assert any(e.kind == "P" for h in repo.headers for e in repo.entries(h.seq))
-    part = restore(repo, tmp_path / "part", b"folder10")
+    part = restore(repo, tmp_path / "part", b"folder10", workers=workers)
     assert part.problems == []
     same_tree(src / "folder10", tmp_path / "part" / "folder10")
     holding = [
@@ -199,7 +203,7 @@ def test_split_files_and_their_neighbours(repo: Repository, tmp_path: Path) -> N
     assert part.pack_bytes_read < sum(holding) / 2
     biggest = max(h.data_size for h in repo.headers)
     out = tmp_path / "out"
-    restored = restore(repo, out)
+    restored = restore(repo, out, workers=workers)
     assert restored.problems == []
     same_tree(src, out)
     total = sum(h.data_size for h in repo.headers)

@@ -1,19 +1,21 @@
-"""The restore pipeline's parts: the pack prefetcher and the small-file writer pool."""
+"""The restore pipeline's parts: the pack prefetcher and the worker processes."""
 
 from __future__ import annotations
 
-import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from blanket import model
 from blanket.errors import IntegrityError
-from blanket.model import Entry
+from blanket.restore import writer as writer_module
 from blanket.restore.fetch import Prefetcher
-from blanket.restore.pool import BATCH_FILES, WriterPool
-from blanket.restore.writer import ContentMismatch, SafeWriter
+from blanket.restore.workers import PackWorkers
 
 
 def _fetcher(tmp_path: Path, log: list[str]) -> object:
@@ -48,40 +50,97 @@ def test_prefetcher_fetches_ahead_in_order_and_cleans_up(tmp_path: Path) -> None
     assert left == ["a", "c", "zzz"]  # "d" (and "e", if fetched) removed by close
 
 
-def _file(path: bytes, content: bytes, *, sha: str | None = None) -> Entry:
-    digest = hashlib.sha256(content).hexdigest() if sha is None else sha
-    return Entry(model.FILE, path, mode=0o640, size=len(content), sha256=digest, mtime_ns=10**18)
+def _whoami(n: int) -> tuple[int, int, bytes]:
+    if n == 13:
+        raise ValueError("thirteen")
+    return n, os.getpid(), writer_module._temp_name()
 
 
-def test_pool_writes_through_the_safe_writer_and_reports_in_order(tmp_path: Path) -> None:
-    target = tmp_path / "t"
-    (tmp_path / "outside").mkdir()
-    (target / "d").mkdir(parents=True)
-    (target / "link").symlink_to(tmp_path / "outside")
-    files = [(b"d/f%03d" % i, b"content %d" % i) for i in range(3 * BATCH_FILES + 5)]
-    entries = [_file(p, c) for p, c in files]
-    entries[7] = _file(files[7][0], files[7][1], sha="0" * 64)  # lies about its content
-    entries[9] = _file(b"link/escape", b"nope")  # through a symlink: refused
-    done: list[tuple[int, bytes, str]] = []
-    with SafeWriter(str(target)) as writer:
-        pool: WriterPool[int] = WriterPool(
-            writer,
-            2,
-            lambda tag, e, err, _w: done.append((tag, e.path, type(err).__name__)),
-        )
-        try:
-            for i, e in enumerate(entries):
-                pool.submit(i, e, files[i][1] if i != 9 else b"nope")
-            pool.drain()
-        finally:
-            pool.close()
-    assert [tag for tag, _, _ in done] == list(range(len(entries)))
-    assert done[7][2] == ContentMismatch.__name__
-    assert done[9][2] == "UnsafePath"
-    assert not list((tmp_path / "outside").iterdir())
-    for i, (path, content) in enumerate(files):
-        if i not in (7, 9):
-            assert (target / path.decode()).read_bytes() == content
-            assert (target / path.decode()).stat().st_mode & 0o777 == 0o640
-    assert not (target / files[7][0].decode()).exists()
-    assert not [p for p in target.rglob("*") if p.name.startswith(".blanket-tmp")]
+def test_workers_run_tasks_in_other_processes_and_report_in_order() -> None:
+    done: list[tuple[int, int, bytes]] = []
+    with PackWorkers(2, _whoami, done.append) as workers:
+        for n in range(20, 40):
+            workers.submit(n)
+            assert len(done) <= n - 19
+        workers.drain()
+    assert [n for n, _, _ in done] == list(range(20, 40))
+    pids = {pid for _, pid, _ in done}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    runs = {name.rsplit(b"-", 1)[0] for _, _, name in done}
+    assert len(runs) == len(pids)  # each worker draws its own temporary names
+    assert writer_module._temp_name().rsplit(b"-", 1)[0] not in runs
+
+
+def test_without_processes_tasks_run_here_at_once() -> None:
+    done: list[tuple[int, int, bytes]] = []
+    with PackWorkers(0, _whoami, done.append) as workers:
+        workers.submit(1)
+        assert [(n, pid) for n, pid, _ in done] == [(1, os.getpid())]
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_a_task_that_raises_raises_for_the_caller(processes: int) -> None:
+    done: list[tuple[int, int, bytes]] = []
+    with (
+        pytest.raises(ValueError, match="thirteen"),
+        PackWorkers(processes, _whoami, done.append) as workers,
+    ):
+        for n in range(10, 20):
+            workers.submit(n)
+        workers.drain()
+    assert [n for n, _, _ in done] == [10, 11, 12]
+
+
+def _slow_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_ctrl_c_is_left_to_the_caller_and_the_pack_in_hand_finishes() -> None:
+    done: list[int] = []
+    with PackWorkers(1, _slow_pid, done.append) as workers:
+        workers.submit(0.0)
+        workers.drain()
+        (pid,) = done
+        workers.submit(1.0)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGINT)  # as Ctrl-C sends it to the whole process group
+        workers.drain()
+    assert done == [pid, pid]
+
+
+_ORPHAN_SCRIPT = """
+import os, signal, sys, time
+from blanket.restore.workers import PackWorkers
+def pid(_):
+    return os.getpid()
+seen = []
+workers = PackWorkers(2, pid, seen.append)
+for n in range(8):
+    workers.submit(n)
+workers.drain()
+workers.submit(0)
+print(" ".join(str(p) for p in set(seen)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_die_with_a_killed_restore() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _ORPHAN_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]

@@ -55,8 +55,10 @@ def _objects(url: str, prefix: str) -> list[Path]:
     return sorted((Path(url) / prefix).iterdir())
 
 
-def _restore(repos: list[Repository], target: Path) -> tuple[dict[str, bytes], list[Any]]:
-    result = run_restore(repos, RestoreOptions(str(target)))
+def _restore(
+    repos: list[Repository], target: Path, workers: int
+) -> tuple[dict[str, bytes], list[Any]]:
+    result = run_restore(repos, RestoreOptions(str(target), workers=workers))
     files = _files(target) if target.exists() else {}
     return files, result.problems
 
@@ -84,7 +86,7 @@ def _flip(path: Path, offset: int | None = None) -> None:
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_damaged_data_is_named_and_restore_never_writes_wrong_content(
-    layered: Any, keyring: Any, tmp_path: Path, damage: str
+    layered: Any, keyring: Any, tmp_path: Path, damage: str, workers: int
 ) -> None:
     victim = _objects(layered["url"], "data")[-2]
     if damage == "flip":
@@ -94,18 +96,20 @@ def test_damaged_data_is_named_and_restore_never_writes_wrong_content(
     else:
         victim.unlink()
     assert _problem_keys(layered["url"], keyring) == {f"data/{victim.name}"}
-    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out")
+    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out", workers=workers)
     assert problems, "a damaged pack went unreported"
     _assert_never_wrong(got, layered["v2"], layered["v1"])
 
 
-def test_two_swapped_packs_are_both_named(layered: Any, keyring: Any, tmp_path: Path) -> None:
+def test_two_swapped_packs_are_both_named(
+    layered: Any, keyring: Any, tmp_path: Path, workers: int
+) -> None:
     a, b = _objects(layered["url"], "data")[:2]
     da, db = a.read_bytes(), b.read_bytes()
     a.write_bytes(db)
     b.write_bytes(da)
     assert _problem_keys(layered["url"], keyring) == {f"data/{a.name}", f"data/{b.name}"}
-    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out")
+    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out", workers=workers)
     assert problems
     _assert_never_wrong(got, layered["v2"], layered["v1"])
 
@@ -154,7 +158,7 @@ def _resign(path: Path, keyring: Any, *, signer: str, extra: list[str] | None = 
 
 
 def test_objects_signed_by_another_key_in_the_keyring_are_refused(
-    layered: Any, keyring: Any, tmp_path: Path
+    layered: Any, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     index = _objects(layered["url"], "index")[2]
     data = _objects(layered["url"], "data")[3]
@@ -165,7 +169,7 @@ def test_objects_signed_by_another_key_in_the_keyring_are_refused(
     report = verify(_open(layered["url"], keyring), deep=True)
     named = {k for k, _ in report.problems}
     assert f"index/{index.name}" in named and f"data/{data.name}" in named
-    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out")
+    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out", workers=workers)
     assert problems
     _assert_never_wrong(got, layered["v2"], layered["v1"])
 
@@ -184,7 +188,7 @@ def test_a_status_line_spoof_in_the_embedded_file_name_does_not_count_as_a_signa
 
 
 def test_a_damaged_newest_version_falls_back_to_the_older_one_and_says_so(
-    layered: Any, keyring: Any, tmp_path: Path
+    layered: Any, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     repo = _open(layered["url"], keyring)
     repo.refresh()
@@ -192,7 +196,7 @@ def test_a_damaged_newest_version_falls_back_to_the_older_one_and_says_so(
     victim = Path(layered["url"]) / layer1[0].data_key
     changed = {os.fsdecode(e.path) for e in repo.entries(layer1[0].seq) if e.kind == "f"}
     _flip(victim)
-    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out")
+    got, problems = _restore([_open(layered["url"], keyring)], tmp_path / "out", workers=workers)
     assert changed and all(got[name] == layered["v1"][name] for name in changed)
     messages = {os.fsdecode(p): m for p, m in problems}
     assert all("older version" in messages[name] for name in changed)
@@ -207,7 +211,7 @@ def _mirror(url: str, tmp_path: Path, name: str) -> str:
 
 
 def test_two_differently_damaged_mirrors_restore_exactly_together(
-    layered: Any, keyring: Any, tmp_path: Path
+    layered: Any, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     a = layered["url"]
     b = _mirror(a, tmp_path, "mirror")
@@ -218,17 +222,19 @@ def test_two_differently_damaged_mirrors_restore_exactly_together(
     data_b[1].unlink()
     _flip(data_b[-1])
     os.environ["BLANKET_STATE_DIR"] = str(tmp_path / "fresh")  # the disk died: no cache
-    alone_a, problems_a = _restore([_open(a, keyring)], tmp_path / "a")
-    alone_b, problems_b = _restore([_open(b, keyring)], tmp_path / "b")
+    alone_a, problems_a = _restore([_open(a, keyring)], tmp_path / "a", workers=workers)
+    alone_b, problems_b = _restore([_open(b, keyring)], tmp_path / "b", workers=workers)
     assert problems_a and problems_b
     assert alone_a != layered["v2"] and alone_b != layered["v2"]
-    both, problems = _restore([_open(a, keyring), _open(b, keyring)], tmp_path / "both")
+    both, problems = _restore(
+        [_open(a, keyring), _open(b, keyring)], tmp_path / "both", workers=workers
+    )
     assert problems == [] or all(k.startswith(b"index/") for k, _ in problems)
     assert both == layered["v2"]
 
 
 def test_independent_repositories_of_one_source_mesh_by_newest_version(
-    keyring: Any, tmp_path: Path
+    keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     from blanket.crypto import PUBKEY
     from blanket.repo import init_repository
@@ -245,17 +251,17 @@ def test_independent_repositories_of_one_source_mesh_by_newest_version(
     run_backup(_open(urls[0], keyring), str(src), BackupOptions())
     (src / "edited").write_bytes(b"new!")
     run_backup(_open(urls[1], keyring), str(src), BackupOptions())
-    got, problems = _restore([_open(u, keyring) for u in urls], tmp_path / "out")
+    got, problems = _restore([_open(u, keyring) for u in urls], tmp_path / "out", workers=workers)
     assert problems == [] and got == {"same": b"unchanged", "edited": b"new!"}
     for victim in _objects(urls[1], "data"):
         _flip(victim)
-    got, problems = _restore([_open(u, keyring) for u in urls], tmp_path / "out2")
+    got, problems = _restore([_open(u, keyring) for u in urls], tmp_path / "out2", workers=workers)
     assert got == {"same": b"unchanged", "edited": b"old"}
     assert any("older version" in m for _, m in problems)
 
 
 def test_sync_makes_a_verified_replica_and_resumes_after_an_interruption(
-    layered: Any, keyring: Any, tmp_path: Path
+    layered: Any, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     src = _open(layered["url"], keyring)
     dst_url = str(tmp_path / "replica")
@@ -280,7 +286,7 @@ def test_sync_makes_a_verified_replica_and_resumes_after_an_interruption(
     result = sync(_open(layered["url"], keyring), LocalBackend(dst_url))
     assert result.commits_copied == len(src.headers) - len(partial.headers)
     assert verify(_open(dst_url, keyring), deep=True).problems == []
-    got, problems = _restore([_open(dst_url, keyring)], tmp_path / "out")
+    got, problems = _restore([_open(dst_url, keyring)], tmp_path / "out", workers=workers)
     assert problems == [] and got == layered["v2"]
 
 
@@ -303,14 +309,14 @@ def test_sync_repairs_a_damaged_replica_and_refuses_a_foreign_one(
 
 
 def test_a_rerun_restore_reads_only_the_packs_still_needed(
-    layered: Any, keyring: Any, tmp_path: Path
+    layered: Any, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     out = tmp_path / "out"
-    first = run_restore([_open(layered["url"], keyring)], RestoreOptions(str(out)))
+    first = run_restore([_open(layered["url"], keyring)], RestoreOptions(str(out), workers=workers))
     assert first.problems == [] and first.packs_read > 2
     victim = sorted(p for p in out.rglob("f*") if p.is_file())[0]
     victim.unlink()
-    again = run_restore([_open(layered["url"], keyring)], RestoreOptions(str(out)))
+    again = run_restore([_open(layered["url"], keyring)], RestoreOptions(str(out), workers=workers))
     assert again.problems == []
     assert (again.packs_read, again.files) == (1, 1)
     assert again.unchanged == first.files - 1
@@ -318,7 +324,7 @@ def test_a_rerun_restore_reads_only_the_packs_still_needed(
 
 
 def test_a_full_disk_stops_restore_with_a_clear_error_and_no_temporaries(
-    repo: Repository, keyring: Any, tmp_path: Path
+    repo: Repository, keyring: Any, tmp_path: Path, workers: int
 ) -> None:
     import subprocess
 
@@ -334,7 +340,7 @@ def test_a_full_disk_stops_restore_with_a_clear_error_and_no_temporaries(
         pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
     try:
         with pytest.raises(Exception, match="free space") as err:
-            run_restore(repo, RestoreOptions(str(small / "out")))
+            run_restore(repo, RestoreOptions(str(small / "out"), workers=workers))
         assert "No space left" in str(err.value)
         left = list((small / "out").iterdir())
         assert left and not any(p.name.startswith(".blanket-tmp") for p in left)

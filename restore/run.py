@@ -48,7 +48,8 @@ WORKERS_FROM = 16 << 20  # bytes to restore from which forking workers pays
 SMALL = 1 << 20  # members up to this size are read whole
 FETCH_AHEAD = 2  # packs fetched (download, check, decrypt) at once, ahead of the one in use
 PackKey = tuple[int, int]  # (origin, seq)
-Outcome = tuple[Entry, Exception | None, list[str]]  # a file written: (entry, error, warnings)
+# a file a worker wrote: (path, size, error, warnings); whole entries cost far more to pickle
+Outcome = tuple[bytes, int, Exception | None, list[str]]
 Report = Callable[[PackKey, Entry, Exception | None, list[str]], None]
 Content = bytes | Iterator[bytes]
 
@@ -382,8 +383,8 @@ class _Restore:
     def pack_written(self, writer: SafeWriter, out: _PackOutcome) -> None:
         """Judge what a worker did with a pack; what the frames read lacked is read
         from the whole pack, here."""
-        for e, error, warnings in out.files:
-            self.file_done(out.where, e, error, warnings)
+        for path, size, error, warnings in out.files:
+            self.file_done(out.where, Entry(model.FILE, path, size=size), error, warnings)
         self.result.unchanged += out.unchanged
         origin, seq = out.where
         data_key = self.repos[origin].by_seq[seq].data_key
@@ -489,7 +490,7 @@ class _PackOutcome:
     def report(
         self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]
     ) -> None:
-        self.files.append((e, error, warnings))
+        self.files.append((e.path, e.size, error, warnings))
 
 
 def _content_files(plan: Plan) -> list[str]:

@@ -131,8 +131,8 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Prefetcher(Generic[K]):
-    """Fetches packs (download, hash, decrypt, signature: ``fetch``) on a helper thread,
-    one ahead of the pack the caller works on, so gpg runs while files are written.
+    """Fetches packs (download, hash, decrypt, signature: ``fetch``) on ``ahead`` helper
+    threads, ahead of the pack the caller works on, so gpg runs while files are written.
 
     ``want`` names packs in the order they will be taken; ``take`` returns the path of a
     pack's verified plaintext (or raises what ``fetch`` raised), skipping (and removing)

@@ -44,7 +44,7 @@ _PER_FILE = (UnsafePath, ContentMismatch, NotPermitted)
 _UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)
 MAX_FALLBACKS = 8
 MAX_WORKERS = 4  # processes writing packs' files (restore.workers), if there are cores
-WORKERS_FROM = 16 << 20  # bytes to restore from which forking workers pays
+WORKERS_FROM = (16 << 20, 2000)  # bytes or entries to restore from which forking pays
 SMALL = 1 << 20  # members up to this size are read whole
 FETCH_AHEAD = 2  # packs fetched (download, check, decrypt) at once, ahead of the one in use
 PackKey = tuple[int, int]  # (origin, seq)
@@ -191,11 +191,13 @@ class _Restore:
 
     def workers(self, plan: Plan) -> int:
         """How many worker processes write packs' files: one per core (up to
-        ``MAX_WORKERS``) when there is more than one core and enough to restore."""
+        ``MAX_WORKERS``) when there is more than one core and enough to restore (16 MiB,
+        or 2,000 files, folders and links)."""
         if self.opts.workers is not None:
             return self.opts.workers
         cores = len(os.sched_getaffinity(0))
-        return min(cores, MAX_WORKERS) if cores > 1 and plan.bytes >= WORKERS_FROM else 0
+        enough = plan.bytes >= WORKERS_FROM[0] or plan.entries >= WORKERS_FROM[1]
+        return min(cores, MAX_WORKERS) if cores > 1 and enough else 0
 
     @staticmethod
     def pull(jobs: Iterator[_Job], ahead: deque[_Job], pre: Prefetcher[PackKey]) -> None:

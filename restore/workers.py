@@ -2,12 +2,12 @@
 
 Restoring many small files is bound by Python: parsing tar headers and the handful of
 system calls per file, which in one process wait for each other's GIL (docs/decisions.md,
-"What bounds the small files' phase"). So the files of a pack are written by one of a few
-worker processes, forked once, before the caller starts any thread, from the process that
-holds the plan and the open target: each worker inherits both (and the ``SafeWriter`` with
-its rules) and needs no state sent to it. A task names a pack whose plaintext the caller
-has already fetched and verified; its outcome comes back to the caller, in the order the
-tasks were handed over, to be judged there.
+"What bounded the small files' phase was the GIL"). So the files of a pack are written by
+one of a few worker processes, forked once, before the caller starts any thread, from the
+process that holds the plan and the open target: each worker inherits both (and the
+``SafeWriter`` with its rules) and needs no state sent to it. A task names a pack whose
+plaintext the caller has already fetched and verified; its outcome comes back to the
+caller, in the order the tasks were handed over, to be judged there.
 
 Workers ignore SIGINT (the caller stops them after the pack in hand, so no temporary file
 is left behind) and die with their parent (``PR_SET_PDEATHSIG``), so a killed restore

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import tarfile
 import tempfile
 import threading
 from collections import deque
@@ -22,36 +21,34 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-import zstandard
-
 from blanket import model
 from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import member_name
 from blanket.repo import Repository
-from blanket.restore.fetch import Prefetcher, fetch_from_any, members
+from blanket.restore.fetch import Prefetcher, fetch_from_any
+from blanket.restore.packwrite import (
+    PER_FILE,
+    UNREADABLE,
+    PackKey,
+    PackOutcome,
+    by_member,
+    put_file,
+    write_members,
+)
 from blanket.restore.plan import Plan, missing_tops, select, show
 from blanket.restore.ranged import PARTIAL_PREFIX, fetch_frames, frames_for
 from blanket.restore.split import SplitContent
 from blanket.restore.target import check_target
 from blanket.restore.workers import PackWorkers
-from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
+from blanket.restore.writer import ContentMismatch, SafeWriter
 from blanket.units import show_time
 
-_PER_FILE = (UnsafePath, ContentMismatch, NotPermitted)
-_UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)
 MAX_FALLBACKS = 8
 MAX_WORKERS = 4  # processes writing packs' files (restore.workers), if there are cores
 WORKERS_FROM = (16 << 20, 2000)  # bytes or entries to restore from which forking pays
-SMALL = 1 << 20  # members up to this size are read whole
 FETCH_AHEAD = 2  # packs fetched (download, check, decrypt) at once, ahead of the one in use
-PackKey = tuple[int, int]  # (origin, seq)
-# a file a worker wrote: (path, size, error, warnings); whole entries cost far more to pickle
-Outcome = tuple[bytes, int, Exception | None, list[str]]
-Report = Callable[[PackKey, Entry, Exception | None, list[str]], None]
-Content = bytes | Iterator[bytes]
 
 
 @dataclass
@@ -290,7 +287,7 @@ class _Restore:
         try:
             action()
             error: Exception | None = None
-        except (*_PER_FILE, OSError) as exc:
+        except (*PER_FILE, OSError) as exc:
             error = exc
         try:
             return self.judge(e, error, writer.warnings)
@@ -304,7 +301,7 @@ class _Restore:
             for message in warnings:
                 self.problem(e.path, message)
             return True
-        if isinstance(error, _PER_FILE):
+        if isinstance(error, PER_FILE):
             self.problem(e.path, str(error))
         elif isinstance(error, OSError):
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -352,7 +349,7 @@ class _Restore:
         done: int,
         pre: Prefetcher[PackKey],
         writer: SafeWriter,
-        workers: PackWorkers[_PackOutcome],
+        workers: PackWorkers[PackOutcome],
     ) -> None:
         """Hand the files of one pack to a worker, once the pack is fetched and verified."""
         try:
@@ -366,23 +363,23 @@ class _Restore:
 
     def write_pack(
         self, plan: Plan, writer: SafeWriter, origin: int, seq: int, done: int, zst: str
-    ) -> _PackOutcome:
+    ) -> PackOutcome:
         """In a worker: write the files of a pack from its plaintext ``zst`` (then
         removed); the first ``done`` are already in place. Only reports: nothing here is
         judged, counted or told to the listener."""
         wanted = self.still_wanted(plan, origin, seq, done, writer)
-        out = _PackOutcome((origin, seq), plan.packs[(origin, seq)] - done - len(wanted))
-        pending = _by_member(wanted)
+        out = PackOutcome((origin, seq), plan.packs[(origin, seq)] - done - len(wanted))
+        pending = by_member(wanted)
         del wanted
         try:
-            self.write_members(zst, (origin, seq), pending, partial(_put, writer, out.report))
-        except _UNREADABLE as exc:
+            write_members(zst, (origin, seq), pending, partial(put_file, writer, out.report))
+        except UNREADABLE as exc:
             out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
         out.left = list(itertools.chain(*pending.values()))
         out.partial = os.path.basename(zst).startswith(PARTIAL_PREFIX)
         return out
 
-    def pack_written(self, writer: SafeWriter, out: _PackOutcome) -> None:
+    def pack_written(self, writer: SafeWriter, out: PackOutcome) -> None:
         """Judge what a worker did with a pack; what the frames read lacked is read
         from the whole pack, here."""
         for path, size, error, warnings in out.files:
@@ -392,14 +389,14 @@ class _Restore:
         data_key = self.repos[origin].by_seq[seq].data_key
         why = out.unreadable
         if out.left and out.partial and why is None:
-            pending = _by_member(out.left)
+            pending = by_member(out.left)
             try:  # not in the frames read (it should have been): read the whole pack
                 whole = self.fetch_whole(origin, seq)
-                put = partial(_put, writer, self.file_done)
-                self.write_members(whole, out.where, pending, put)
+                put = partial(put_file, writer, self.file_done)
+                write_members(whole, out.where, pending, put)
             except IntegrityError as exc:
                 why = str(exc)
-            except _UNREADABLE as exc:
+            except UNREADABLE as exc:
                 why = f"{data_key} is unreadable: {exc}"
             out.left = list(itertools.chain(*pending.values()))
         for e in out.left:
@@ -409,26 +406,6 @@ class _Restore:
         repo = self.repos[origin]
         return fetch_from_any(repo.backends, repo.gpg, repo.by_seq[seq], self.workdir, self.meter)
 
-    @staticmethod
-    def write_members(
-        zst: str,
-        where: PackKey,
-        pending: dict[bytes, list[Entry]],
-        put: Callable[[PackKey, Entry, Content], None],
-    ) -> None:
-        """Write the files ``pending`` names (by member) from the plaintext ``zst``,
-        then remove it; what it lacks stays in ``pending``. Raises what makes the pack
-        unreadable."""
-        try:
-            for m in members(zst):
-                if m.name not in pending:
-                    continue
-                small = m.content(SMALL)
-                for e in pending.pop(m.name):
-                    put(where, e, small if small is not None else m.chunks())
-        finally:
-            os.unlink(zst)
-
     def restore_split(
         self,
         origin: int,
@@ -437,11 +414,11 @@ class _Restore:
         parts: list[tuple[int, Entry]],
         pre: Prefetcher[PackKey],
         writer: SafeWriter,
-        workers: PackWorkers[_PackOutcome],
+        workers: PackWorkers[PackOutcome],
     ) -> None:
         """A split file, written here from its parts as their packs come."""
         job = SplitContent(self.repos[origin], parts, lambda s: pre.take((origin, s)))
-        _put(writer, self.file_done, (origin, seq), e, job.chunks())
+        put_file(writer, self.file_done, (origin, seq), e, job.chunks())
         self.result.packs_read += job.packs_read
 
     def file_done(
@@ -449,50 +426,10 @@ class _Restore:
     ) -> None:
         """Judge one file's write: content that fails its checks sends the path to fall
         back; other trouble is reported (or stops the run, see ``judge``)."""
-        if isinstance(error, (*_UNREADABLE, ContentMismatch)):
+        if isinstance(error, (*UNREADABLE, ContentMismatch)):
             self.content_failed(*where, e, str(error))
         elif self.judge(e, error, warnings):
             self.restored(e)
-
-
-def _put(writer: SafeWriter, report: Report, where: PackKey, e: Entry, content: Content) -> None:
-    """Write one file here and now, and report how it went (see ``file_done``)."""
-    try:
-        writer.write_file(e, (content,) if isinstance(content, bytes) else content)
-        error: Exception | None = None
-    except (*_UNREADABLE, *_PER_FILE, OSError) as exc:
-        error = exc
-    try:
-        report(where, e, error, writer.warnings[:])
-    finally:
-        writer.warnings.clear()
-
-
-def _by_member(entries: Iterable[Entry]) -> dict[bytes, list[Entry]]:
-    """Files by the pack member holding their content: matched by name, as a pack's
-    members need not be in clock order (parts), and a file whose entry names another
-    ``target`` borrows that member's content."""
-    pending: dict[bytes, list[Entry]] = {}
-    for e in entries:
-        pending.setdefault(os.fsencode(member_name(e.target or e.path)), []).append(e)
-    return pending
-
-
-@dataclass
-class _PackOutcome:
-    """What a worker did with one pack (``write_pack``), for ``pack_written`` to judge."""
-
-    where: PackKey
-    unchanged: int  # files found in place already
-    files: list[Outcome] = field(default_factory=list)
-    left: list[Entry] = field(default_factory=list)  # not in the plaintext read
-    partial: bool = False  # that plaintext held only some frames of the pack
-    unreadable: str | None = None  # why the rest of the pack could not be read
-
-    def report(
-        self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]
-    ) -> None:
-        self.files.append((e.path, e.size, error, warnings))
 
 
 def _content_files(plan: Plan) -> list[str]:
@@ -508,7 +445,7 @@ class _Job:
     action: Callable[..., None]
 
     def run(
-        self, pre: Prefetcher[PackKey], writer: SafeWriter, workers: PackWorkers[_PackOutcome]
+        self, pre: Prefetcher[PackKey], writer: SafeWriter, workers: PackWorkers[PackOutcome]
     ) -> None:
         if self.keys:
             self.action(pre, writer, workers)

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pytest
 from test_crash import CRASHED
 from test_gc_crash import child_gc
 
@@ -377,8 +378,9 @@ def test_history_budget_keeps_the_most_recent_copies_that_fit() -> None:
     assert hopeless.keep == [] and hopeless.dropped == 0 and not hopeless.plan.fits
 
 
+@pytest.mark.parametrize("shard", range(2))
 def test_keep_history_gc_killed_at_any_store_call_loses_nothing(
-    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path
+    repo: Repository, repo_url: str, keyring: Any, tmp_path: Path, shard: int
 ) -> None:
     rng = random.Random(5)
     src = tmp_path / "src"
@@ -411,7 +413,8 @@ def test_keep_history_gc_killed_at_any_store_call_loses_nothing(
     # every other point and the last five (tests/test_crash.py, longer, takes every third);
     # BLANKET_EVERY_CRASH_POINT=1 tries them all
     stride = 1 if os.environ.get("BLANKET_EVERY_CRASH_POINT") else 2
-    for i in sorted(set(range(1, points + 1, stride)) | set(range(points - 4, points + 1))):
+    every = sorted(set(range(1, points + 1, stride)) | set(range(points - 4, points + 1)))
+    for i in every[shard::2]:  # two tests share the points, one per test worker
         reset()
         assert (
             child_gc(repo_url, keyring.home, i, count_file, cap=cap, keep_history=True) == CRASHED

@@ -1,5 +1,6 @@
 """Storage backends. :func:`open_backend` is the one place that knows them all and stacks
-the wrappers (:mod:`blanket.backends.wrappers`) around them."""
+the wrappers (:mod:`blanket.backends.wrappers`, :mod:`blanket.backends.ratelimit`) around
+them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from urllib.parse import unquote, urlsplit
 from blanket.backends.base import Backend
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
-from blanket.backends.wrappers import RateLimitedBackend, RetryingBackend
+from blanket.backends.ratelimit import RateLimitedBackend
+from blanket.backends.wrappers import RetryingBackend
 from blanket.errors import UsageError
 
 __all__ = ["Backend", "open_backend"]

@@ -1,8 +1,10 @@
 """A store in an S3 bucket (AWS S3 or any S3-compatible store: Backblaze B2, MinIO, Ceph).
 
 Key ``index/1`` of ``s3://bucket/some/prefix`` is the S3 object ``some/prefix/index/1``.
-This is the only module that imports boto3 or botocore; :meth:`S3Backend._call` turns
-every botocore error into :mod:`blanket.errors` (see :func:`_translate`), once.
+Only this module and :mod:`blanket.backends.s3errors` import boto3 or botocore;
+:meth:`S3Backend._call` turns every botocore error into :mod:`blanket.errors` (see
+:func:`blanket.backends.s3errors.translate`), once. How bodies are cut into parts, read
+and hashed is in :mod:`blanket.backends.s3body`.
 
 What is sent where, and what is detected rather than required:
 
@@ -33,10 +35,6 @@ What is sent where, and what is detected rather than required:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -46,15 +44,7 @@ from typing import Any, BinaryIO, cast
 import boto3
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from blanket.backends.base import (
     Backend,
@@ -62,6 +52,26 @@ from blanket.backends.base import (
     check_key,
     check_range,
     is_valid_key,
+)
+from blanket.backends.s3body import (
+    MIN_PART_SIZE,
+    MULTIPART_THRESHOLD,
+    PART_SIZE,
+    SeekableBody,
+    b64_sha256,
+    chain,
+    file_parts,
+    hex_checksum,
+    remaining,
+    slices,
+)
+from blanket.backends.s3errors import (
+    CHECKSUM_WORDS,
+    CONDITIONAL_WORDS,
+    is_status,
+    mentions,
+    translate,
+    unsupported,
 )
 from blanket.errors import (
     AlreadyExists,
@@ -72,202 +82,9 @@ from blanket.errors import (
     UsageError,
 )
 
-MiB = 1024 * 1024
-# Up to this size a body goes up in one PUT, whose SHA-256 the store keeps and HEAD returns
-# (a multipart object has only a composite checksum, useless to a quick verify): twice
-# the default pack size, so packs are verifiable without a download.
-MULTIPART_THRESHOLD = 64 * MiB
-PART_SIZE = 8 * MiB
-MIN_PART_SIZE = 5 * MiB  # S3's smallest part (except the last)
-
 _Parts = list[dict[str, Any]]  # CompleteMultipartUpload's part list
 
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}")
-
-# Error codes (and HTTP statuses) that may go away if the call is repeated.
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequests",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ProvisionedThroughputExceededException",
-        "BandwidthLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "ServiceUnavailable",
-        "OperationAborted",  # 409: a conflicting operation is in progress; try again
-        "ConditionalRequestConflict",  # 409: a concurrent write; the retry gets 412 or wins
-        "BadDigest",  # the body was damaged on its way: send it again
-        "IncompleteBody",
-        "XAmzContentSHA256Mismatch",
-    }
-)
-_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchVersion"})
-_HINTS = {
-    "AccessDenied": "check the credentials and the bucket policy",
-    "AllAccessDisabled": "check the credentials and the bucket policy",
-    "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID / the profile's credentials",
-    "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY / the profile's credentials",
-    "ExpiredToken": "refresh the session credentials",
-    "NoSuchBucket": "create the bucket or fix the URL",
-    "PermanentRedirect": "set the bucket's region (AWS_DEFAULT_REGION)",
-    "AuthorizationHeaderMalformed": "set the bucket's region (AWS_DEFAULT_REGION)",
-}
-
-
-def _translate(exc: Exception, where: str) -> StoreError:
-    """Map a botocore exception to our errors; ``where`` names the store, the action and the
-    key (``s3://b/p: cannot read 'k'``). The caller raises the result ``from exc``."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        text = " ".join(str(error.get("Message") or "").split())
-        shown = f"HTTP {status}" if not code or code.isdigit() else code
-        if text and text != code:
-            shown += f" ({text[:200]})"
-        hint = _HINTS.get(code)
-        message = f"{where}: {shown}" + (f"; {hint}" if hint else "")
-        if code == "NoSuchBucket":
-            return StoreError(message)
-        if code in _NOT_FOUND_CODES or status == 404:
-            return NotFound(message)
-        if code == "PreconditionFailed" or status == 412:
-            return AlreadyExists(f"{where}: the object already exists ({shown})")
-        if code == "InvalidRange" or status == 416:
-            return BadRange(message)
-        if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
-            return TransientStoreError(message)
-        return StoreError(message)
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return StoreError(
-            f"{where}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use an instance role"
-        )
-    if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
-        # Endpoint unreachable, connect/read timeouts, connections reset or closed
-        # mid-response, bodies cut short: all worth another try.
-        return TransientStoreError(f"{where}: {' '.join(str(exc).split())}")
-    return StoreError(f"{where}: {' '.join(str(exc).split())}")
-
-
-def _unsupported(exc: StoreError, words: tuple[str, ...]) -> bool:
-    """Whether the store answered that it does not implement a header of the request:
-    501, or a 400-class rejection whose text names one of ``words``."""
-    cause = exc.__cause__
-    if not isinstance(cause, ClientError):
-        return False
-    error = cause.response.get("Error", {})
-    status = int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    code = str(error.get("Code") or "")
-    said = " ".join(str(v) for v in error.values()).lower()
-    named = any(w in said for w in words)
-    if status == 501 or code == "NotImplemented":
-        return True
-    return status == 400 and code in ("InvalidArgument", "InvalidRequest", "BadRequest") and named
-
-
-def _mentions(exc: StoreError, words: tuple[str, ...]) -> bool:
-    cause = exc.__cause__
-    if not isinstance(cause, ClientError):
-        return False
-    said = " ".join(str(v) for v in cause.response.get("Error", {}).values()).lower()
-    return any(w in said for w in words)
-
-
-_CONDITIONAL_WORDS = ("if-none-match", "ifnonematch", "conditional")
-_CHECKSUM_WORDS = ("checksum",)
-
-
-def _b64_sha256(body: bytes | memoryview) -> str:
-    return base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
-
-
-def _hex_checksum(value: object, kind: object) -> str | None:
-    """The store's base64 SHA-256 as hex; None for a composite (multipart) checksum."""
-    if not isinstance(value, str) or not value or "-" in value or kind == "COMPOSITE":
-        return None
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw.hex() if len(raw) == 32 else None
-
-
-def _read_full(f: BinaryIO, n: int) -> bytes:
-    """Read ``n`` bytes, fewer only at the end of the file (a raw file may return less
-    per call). Errors reading ``f`` propagate unchanged."""
-    parts: list[bytes] = []
-    left = n
-    while left > 0:
-        chunk = f.read(left)
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _remaining(f: BinaryIO) -> int | None:
-    """How many bytes a seekable file holds from its position on; None if it cannot say
-    (a pipe, a stream): such a body is read in parts instead."""
-    try:
-        if not f.seekable():
-            return None
-        start = f.tell()
-        end = f.seek(0, os.SEEK_END)
-        f.seek(start)
-    except (AttributeError, OSError, ValueError):
-        return None  # no seek support after all: read it in parts
-    return end - start
-
-
-class _SeekableBody:
-    """A single-PUT body read straight from the caller's seekable file (no copy in
-    memory): ``size`` bytes from the file's current position."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f = f
-        self.start = f.tell()
-        self.size = size
-
-    def b64_sha256(self) -> str:
-        """The SHA-256 of the body (read once, in parts); errors reading the file
-        propagate unchanged."""
-        digest = hashlib.sha256()
-        self.f.seek(self.start)
-        left = self.size
-        while left > 0 and (chunk := self.f.read(min(left, PART_SIZE))):
-            digest.update(chunk)
-            left -= len(chunk)
-        if left:
-            raise StoreError(f"the file to upload shrank by {left} bytes while being read")
-        return base64.b64encode(digest.digest()).decode("ascii")
-
-    def rewound(self) -> BinaryIO:
-        self.f.seek(self.start)
-        return self.f
-
-
-def _file_parts(f: BinaryIO, part_size: int) -> Iterator[bytes]:
-    while chunk := _read_full(f, part_size):
-        yield chunk
-        if len(chunk) < part_size:
-            return
-
-
-def _slices(body: bytes, part_size: int) -> Iterator[bytes]:
-    view = memoryview(body)
-    for start in range(0, len(body), part_size):
-        yield bytes(view[start : start + part_size])
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -345,13 +162,13 @@ class S3Backend(Backend):
             if len(body) <= self.multipart_threshold:
                 self._put_single(key, body, if_absent)
             else:
-                self._put_multipart(key, _slices(body, self.part_size), if_absent)
+                self._put_multipart(key, slices(body, self.part_size), if_absent)
             return
-        size = _remaining(data)
+        size = remaining(data)
         if size is not None and size <= self.multipart_threshold:
-            self._put_single(key, _SeekableBody(data, size), if_absent)
+            self._put_single(key, SeekableBody(data, size), if_absent)
             return
-        parts = _file_parts(data, self.part_size)
+        parts = file_parts(data, self.part_size)
         buffered: list[bytes] = []
         total = 0
         for part in parts:  # read ahead until the body is known to be small or large
@@ -362,7 +179,7 @@ class S3Backend(Backend):
         if total <= self.multipart_threshold:
             self._put_single(key, b"".join(buffered), if_absent)
         else:
-            self._put_multipart(key, _chain(buffered, parts), if_absent)
+            self._put_multipart(key, chain(buffered, parts), if_absent)
 
     def get(self, key: str) -> bytes:
         check_key(key)
@@ -411,7 +228,7 @@ class S3Backend(Backend):
     def head(self, key: str) -> ObjectInfo:
         check_key(key)
         resp = self._call("read", key, self.client.head_object, Key=key, ChecksumMode="ENABLED")
-        checksum = _hex_checksum(resp.get("ChecksumSHA256"), resp.get("ChecksumType"))
+        checksum = hex_checksum(resp.get("ChecksumSHA256"), resp.get("ChecksumType"))
         if "-" in str(resp.get("ETag", "")):
             checksum = None  # a multipart object: its checksum is a composite, even unmarked
         return ObjectInfo(key, int(resp["ContentLength"]), checksum)
@@ -437,7 +254,7 @@ class S3Backend(Backend):
         except NotFound:
             return False
         except StoreError as exc:
-            if exc.retriable or not _is_status(exc, 403):
+            if exc.retriable or not is_status(exc, 403):
                 raise
             # A policy may allow listing the prefix but not HeadBucket.
             self._call("list", "", self.client.list_objects_v2, Prefix=self._root, MaxKeys=1)
@@ -453,7 +270,7 @@ class S3Backend(Backend):
         try:
             self._call("create", "", self.client.create_bucket, **extra)
         except StoreError as exc:
-            if not _mentions(exc, ("bucketalreadyownedbyyou",)):
+            if not mentions(exc, ("bucketalreadyownedbyyou",)):
                 raise
 
     def discard_incomplete(self) -> int:
@@ -511,7 +328,7 @@ class S3Backend(Backend):
         try:
             return method(Bucket=self.bucket, **kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, self._where(action, key)) from exc
+            raise translate(exc, self._where(action, key)) from exc
 
     def _iterate(self, action: str, key: str, pages: Iterable[Any]) -> Iterator[Any]:
         """Iterate a paginator with errors translated."""
@@ -522,7 +339,7 @@ class S3Backend(Backend):
             except StopIteration:
                 return
             except (ClientError, BotoCoreError) as exc:
-                raise _translate(exc, self._where(action, key)) from exc
+                raise translate(exc, self._where(action, key)) from exc
             yield page
 
     def _where(self, action: str, key: str) -> str:
@@ -538,7 +355,7 @@ class S3Backend(Backend):
         try:
             body = cast(bytes, stream.read())
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, self._where("read", key)) from exc
+            raise translate(exc, self._where("read", key)) from exc
         finally:
             stream.close()
         expected = resp.get("ContentLength")
@@ -555,8 +372,8 @@ class S3Backend(Backend):
             return
         raise AlreadyExists(f"{self.describe()}: {key!r} already exists")
 
-    def _put_single(self, key: str, body: bytes | _SeekableBody, if_absent: bool) -> None:
-        digest = _b64_sha256(body) if isinstance(body, bytes) else body.b64_sha256()
+    def _put_single(self, key: str, body: bytes | SeekableBody, if_absent: bool) -> None:
+        digest = b64_sha256(body) if isinstance(body, bytes) else body.b64_sha256()
         while True:
             conditional = if_absent and self.conditional_writes is not False
             checksum = self.checksums
@@ -598,7 +415,7 @@ class S3Backend(Backend):
         try:
             done: _Parts = []
             for number, part in enumerate(parts, start=1):
-                sums = {"ChecksumSHA256": _b64_sha256(part)} if checksum else {}
+                sums = {"ChecksumSHA256": b64_sha256(part)} if checksum else {}
                 resp = self._call(
                     "upload a part of",
                     key,
@@ -670,13 +487,13 @@ class S3Backend(Backend):
         sending it (for this backend's life) so the caller can try again without it."""
         if not (conditional or checksum) or exc.retriable:
             return False
-        if checksum and _mentions(exc, _CHECKSUM_WORDS) and _unsupported(exc, _CHECKSUM_WORDS):
+        if checksum and mentions(exc, CHECKSUM_WORDS) and unsupported(exc, CHECKSUM_WORDS):
             self.checksums = False
             return True
-        if conditional and _unsupported(exc, _CONDITIONAL_WORDS):
+        if conditional and unsupported(exc, CONDITIONAL_WORDS):
             self.conditional_writes = False
             return True
-        if checksum and _unsupported(exc, _CHECKSUM_WORDS):
+        if checksum and unsupported(exc, CHECKSUM_WORDS):
             self.checksums = False
             return True
         return False
@@ -724,12 +541,6 @@ def _session(region: str | None) -> Any:
     return boto3.session.Session(botocore_session=core, region_name=region)
 
 
-def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield from first
-    first.clear()  # let the buffered parts go once sent
-    yield from rest
-
-
 def _config(*, path_style: bool = False) -> Config:
     return Config(
         retries={"total_max_attempts": 1, "mode": "standard"},  # RetryingBackend decides
@@ -746,13 +557,6 @@ def _config(*, path_style: bool = False) -> Config:
 def _is_aws(endpoint: str) -> bool:
     host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
     return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
-
-
-def _is_status(exc: StoreError, status: int) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, ClientError) and (
-        cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == status
-    )
 
 
 __all__ = ["S3Backend", "parse_s3_url", "MULTIPART_THRESHOLD", "PART_SIZE"]

@@ -20,8 +20,9 @@ from blanket.backends import open_backend
 from blanket.backends.base import Backend, check_key, download_to
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
+from blanket.backends.ratelimit import RateLimitedBackend
 from blanket.backends.s3 import S3Backend
-from blanket.backends.wrappers import RateLimitedBackend, RetryingBackend
+from blanket.backends.wrappers import RetryingBackend
 from blanket.errors import (
     AlreadyExists,
     BadRange,

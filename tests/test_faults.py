@@ -29,13 +29,12 @@ from treeutil import assert_same_tree, snapshot
 from blanket.backends.base import Backend, ObjectInfo
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
+from blanket.backends.ratelimit import RateLimitedBackend, TokenBucket
 from blanket.backends.wrappers import (
     Fault,
     FaultyBackend,
     NoDeleteBackend,
-    RateLimitedBackend,
     RetryingBackend,
-    TokenBucket,
     innermost,
     is_retriable,
 )

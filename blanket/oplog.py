@@ -216,14 +216,26 @@ def store(repo: Repository, record: dict[str, Any]) -> str | None:
 
 
 def newest_in_store(repo: Repository) -> dict[str, Any] | None:
-    """The newest backup record the store holds (checked like every object), if any."""
+    """The newest backup record the store holds (checked like every object), if any: of
+    the last three, the last started (a repository's runs never overlap: the lease), and
+    of those started in the same second, whose keys sort by their random run ids, the
+    last to end. A record that fails its checks is passed over."""
     try:
         keys = [info.key for info in repo.backend.list(LOG_PREFIX)]
-        for key in reversed(keys[-3:]):
-            plain = repo.gpg.decrypt_bytes(repo.backend.get(key), key)
-            rec = json.loads(plain)
-            if isinstance(rec, dict) and rec.get("repository") == repo.config.id:
-                return rec
-    except (BlanketError, ValueError):
+    except BlanketError:
         return None
-    return None
+    best: dict[str, Any] | None = None
+    best_second = ""
+    for key in reversed(keys[-3:]):
+        second = key[len(LOG_PREFIX) :].split("-", 1)[0]
+        if best is not None and second != best_second:
+            break
+        try:
+            rec = json.loads(repo.gpg.decrypt_bytes(repo.backend.get(key), key))
+        except (BlanketError, ValueError):
+            continue
+        if not isinstance(rec, dict) or rec.get("repository") != repo.config.id:
+            continue
+        if best is None or rec.get("end_ts", 0) > best.get("end_ts", 0):
+            best, best_second = rec, second
+    return best

@@ -6,6 +6,8 @@ its index records, uploaded, checked again on the destination), then its index, 
 only if absent; so at every moment the destination is a consistent prefix of the source,
 and an interrupted sync simply goes on where it stopped. A destination holding commits the
 source lacks, or other versions of them, is refused: it is not a replica of this source.
+The backup runs' records (``log/``) follow the commits, copied as they are: nothing
+restores from them, but ``status`` on the replica then knows the last backup.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from blanket.backends.base import Backend, download_to
 from blanket.chain import index_key
 from blanket.errors import AlreadyExists, BlanketError, IntegrityError
 from blanket.indexfmt import IndexHeader
+from blanket.oplog import LOG_PREFIX
 from blanket.repo import CONFIG_KEY, Repository, put_index
 from blanket.restore.fetch import HashingSink
 from blanket.verify import check_object
@@ -30,6 +33,7 @@ class SyncResult:
     data_repaired: int = 0
     bytes_copied: int = 0
     created: bool = False
+    logs_copied: int = 0
 
 
 def _adopt(src: Repository, dst: Backend) -> bool:
@@ -115,4 +119,22 @@ def sync(src: Repository, dst: Backend) -> SyncResult:
                 )
             put_index(dst, index_key(h.seq), cipher)
             result.commits_copied += 1
+    _copy_logs(src, dst, result)
     return result
+
+
+def _copy_logs(src: Repository, dst: Backend, result: SyncResult) -> None:
+    """Copy the run records the destination lacks, byte for byte and only if absent (a
+    record is never replaced). Whoever reads one checks its signature, as for every
+    object, so a damaged one is skipped there, never trusted."""
+    have = {info.key for info in dst.list(LOG_PREFIX)}
+    for info in src.backend.list(LOG_PREFIX):
+        if info.key in have:
+            continue
+        record = src.backend.get(info.key)
+        try:
+            dst.put(info.key, record, if_absent=True)
+        except AlreadyExists:
+            continue
+        result.logs_copied += 1
+        result.bytes_copied += len(record)

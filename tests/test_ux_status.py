@@ -180,3 +180,36 @@ def test_the_local_log_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     kept = oplog.read(tmp_path)
     assert kept[-1]["n"] == 199 and kept[0]["n"] > 100
     assert [r["n"] for r in kept] == list(range(kept[0]["n"], 200))
+
+
+def test_sync_copies_the_run_records_so_status_on_a_replica_knows_the_last_backup(
+    bl, keyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, src = setup_repo(bl, keyring, tmp_path)
+    bl("backup", "--repo", repo, str(src), check=0)
+    (src / "b.txt").write_bytes(b"beta, changed\n")
+    bl("backup", "--repo", repo, str(src), check=0)
+    replica = str(tmp_path / "replica")
+    first = json.loads(bl("sync", "--from", repo, "--to", replica, "--json", check=0).out)
+    assert (first["commits_copied"], first["logs_copied"]) == (2, 2)
+    assert sorted(os.listdir(Path(replica) / "log")) == sorted(os.listdir(Path(repo) / "log"))
+    again = json.loads(bl("sync", "--from", repo, "--to", replica, "--json", check=0).out)
+    assert (again["commits_copied"], again["logs_copied"]) == (0, 0)
+
+    # the disk with the first store died: another machine asks the replica
+    monkeypatch.setenv("BLANKET_STATE_DIR", str(tmp_path / "elsewhere"))
+    last = json.loads(bl("status", "--repo", replica, "--json", check=0).out)["last_backup"]
+    assert last["exit_code"] == 0
+    assert (last["figures"]["layer"], last["figures"]["last_commit"]) == (1, 1)  # the second
+
+
+def test_of_runs_started_in_the_same_second_the_store_names_the_last_to_end(repo) -> None:
+    # keys sort by start second, then by the random run id: here the wrong way round
+    base = {"command": "backup", "repository": repo.config.id, "start_ts": 1795000000.2}
+    oplog.store(repo, {**base, "run": "ffffffff", "end_ts": 1795000000.5, "exit_code": 0})
+    oplog.store(repo, {**base, "run": "00000000", "end_ts": 1795000000.9, "exit_code": 3})
+    newest = oplog.newest_in_store(repo)
+    assert newest is not None and newest["run"] == "00000000"
+    oplog.store(repo, {**base, "run": "77777777", "start_ts": 1795000001.0, "end_ts": 1795000001.1})
+    newest = oplog.newest_in_store(repo)
+    assert newest is not None and newest["run"] == "77777777"

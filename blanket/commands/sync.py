@@ -25,9 +25,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     out.summary(
         f"{args.target}: {result.commits_copied} commit(s) copied, "
         f"{result.data_repaired} damaged object(s) replaced, "
-        f"{human_size(result.bytes_copied)} sent"
+        f"{result.logs_copied} run record(s) copied, {human_size(result.bytes_copied)} sent"
         + ("; it is now a replica" if result.created else ""),
         commits_copied=result.commits_copied,
+        logs_copied=result.logs_copied,
         data_repaired=result.data_repaired,
         bytes=result.bytes_copied,
         created=result.created,

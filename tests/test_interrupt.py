@@ -296,13 +296,18 @@ def test_two_overlapping_runs_the_second_exits_11_and_nothing_breaks(
     repo = str(tmp_path / "repo")
     cli("init", "--repo", repo, "--key", keyring.fingerprint, check=0)
     env = _env(keyring, tmp_path)
-    first = _start(["backup", "--repo", repo, "--pack-size", "256K", str(src)], env)
+    # ~18 MB at 2 MB/s: the first run is still going while the other two try (on a
+    # tmpfs an unthrottled run could finish before the third started)
+    first = _start(
+        ["backup", "--repo", repo, "--pack-size", "256K", "--limit-upload", "2M", str(src)], env
+    )
     _wait_for_commits(repo, 1, first)
     second = cli("backup", "--repo", repo, str(src))
     assert second.code == 11, second
     assert "pid" in second.err and len(second.err.strip().splitlines()) == 1
     # the same from "another machine": its own local state, so only the store lease stops it
     other = cli("backup", "--repo", repo, str(src), env={"BLANKET_STATE_DIR": str(tmp_path / "b")})
+    assert first.poll() is None, "the first run ended too soon to overlap"
     assert other.code == 11, other
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err

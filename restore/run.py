@@ -117,18 +117,19 @@ class _Restore:
                     plan.add(item, tops)
             if tops and not exact:
                 self.borrow_link_targets(plan, tops)
-        finally:
             plan.close()
+        except BaseException:
+            plan.dispose()
+            raise
         return plan
 
     def borrow_link_targets(self, plan: Plan, tops: list[bytes]) -> None:
         """A hard link inside the restored subtrees whose file lies outside them: the
         first such link gets the file's content (read from the file's member), the other
         links of its group link to it."""
-        links = list(plan.read("links"))
         outside = {
             e.target
-            for e in links
+            for e in plan.read("links")
             if e.kind == model.HARDLINK and not any(model.is_within(e.target, t) for t in tops)
         }
         if not outside:
@@ -140,17 +141,19 @@ class _Restore:
             for item in select(replay(streams, at=self.opts.at_time), wanted)
             if item.entry.path in outside and item.entry.kind == model.FILE
         }
-        plan.rewrite("links", [])
-        first: dict[bytes, bytes] = {}
-        for e in links:
-            source = sources.get(e.target) if e.kind == model.HARDLINK else None
-            if source is None or e.target in first:
-                linked = replace(e, target=first[e.target]) if source else e
-                plan.add(Located(linked, 0, 0), tops)
-                continue
-            first[e.target] = e.path
-            borrowed = replace(source.entry, path=e.path, target=source.entry.path)
-            plan.add(replace(source, entry=borrowed), tops)
+
+        def rewrite(links: Iterator[Entry]) -> Iterator[Located]:
+            first: dict[bytes, bytes] = {}
+            for e in links:
+                source = sources.get(e.target) if e.kind == model.HARDLINK else None
+                if source is None or e.target in first:
+                    yield Located(replace(e, target=first[e.target]) if source else e, 0, 0)
+                    continue
+                first[e.target] = e.path
+                borrowed = replace(source.entry, path=e.path, target=source.entry.path)
+                yield replace(source, entry=borrowed)
+
+        plan.rewrite_links(rewrite, tops)
 
     def write(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
         for d in plan.read("dirs"):
@@ -273,14 +276,17 @@ class _Restore:
         sub = os.path.join(workdir, f"fallback-{attempt}")
         os.mkdir(sub)
         plan = self.plan(sub, sorted(failed, key=model.clock_key), exact=True)
-        older = {e.path: e for name in _content_files(plan) for e in plan.read(name)}
-        for path, why in failed.items():
-            e = older.get(path)
-            if e is None:
-                self.problem(path, f"not restored: {why}; no intact older version either")
-            else:
-                self.problem(path, f"restored its older version of {show_time(e.since)}: {why}")
-        self.write_content(plan, writer, workdir)
+        try:
+            older = {e.path: e.since for e in plan.content() if e.path in failed}
+            for path, why in failed.items():
+                since = older.get(path)
+                if since is None:
+                    self.problem(path, f"not restored: {why}; no intact older version either")
+                else:
+                    self.problem(path, f"restored its older version of {show_time(since)}: {why}")
+            self.write_content(plan, writer, workdir)
+        finally:
+            plan.dispose()
 
     def guard(self, e: Entry, action: Callable[[], None], writer: SafeWriter) -> bool:
         """Run one write; report per-file trouble and go on; stop on a full disk."""
@@ -432,11 +438,6 @@ class _Restore:
             self.restored(e)
 
 
-def _content_files(plan: Plan) -> list[str]:
-    names = [f"pack-{o}-{s:012d}" for o, s in plan.packs]
-    return names + [f"split-{o}-{s:012d}" for o, s in plan.split]
-
-
 @dataclass
 class _Job:
     """Work on the content of some files: the packs it takes, in order, and what to run."""
@@ -494,13 +495,16 @@ def run_restore(
     state_dir = repos[0].state.dir
     with tempfile.TemporaryDirectory(prefix="restore-", dir=state_dir) as workdir:
         plan = job.plan(workdir, opts.paths)
-        listener(Planned("restore", plan.entries, plan.bytes))
-        missing = missing_tops(plan, opts.paths)
-        if missing:
-            raise UsageError(
-                f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
-            )
-        with SafeWriter(opts.target) as writer:
-            writer.note_if_empty()
-            job.write(plan, writer, workdir)
+        try:
+            listener(Planned("restore", plan.entries, plan.bytes))
+            missing = missing_tops(plan, opts.paths)
+            if missing:
+                raise UsageError(
+                    f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
+                )
+            with SafeWriter(opts.target) as writer:
+                writer.note_if_empty()
+                job.write(plan, writer, workdir)
+        finally:
+            plan.dispose()
     return job.result

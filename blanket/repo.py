@@ -223,10 +223,11 @@ class Repository:
         return hashlib.sha256(self.state.index_path(self.headers[-1].seq).read_bytes()).hexdigest()
 
     def entries(self, seq: int) -> Iterator[Entry]:
-        """The entries of cached index ``seq`` (checked when it came from the store)."""
+        """The entries of cached index ``seq`` (checked when it came from the store).
+        The file is read and closed before the first entry comes, so a replay of many
+        layers holds no file open per layer."""
         try:
-            with open(self.state.index_path(seq), "rb") as f:
-                yield from indexfmt.read_entries(f)
+            yield from self.state.entries(seq)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(
                 f"the cached copy of {index_key(seq)} is unreadable ({exc}); delete "

@@ -10,6 +10,7 @@ the passphrase and gpg's modification detection (MDC), which gpg enforces.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -41,6 +42,8 @@ def _gpg(gnupghome: str | None) -> Any:
     try:
         gpg = gnupg.GPG(gnupghome=gnupghome)
     except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in OUT_OF:
+            raise
         raise UsageError(f"cannot run gpg ({exc}); install GnuPG 2 and check --gnupghome") from exc
     gpg.buffer_size = 1 << 20  # python-gnupg copies data to gpg in chunks of this size
     return gpg
@@ -179,7 +182,7 @@ class Gpg:
                 pass_fds=fds,
             )
         except OSError as exc:
-            raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
+            raise _not_run(exc) from exc
         finally:
             for fd in fds:
                 os.close(fd)
@@ -283,7 +286,7 @@ class EncryptProcess:
             )
         except OSError as exc:
             self._status.close()
-            raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
+            raise _not_run(exc) from exc
         assert self._proc.stdin is not None
         self.fd = self._proc.stdin.fileno()
         _widen_pipe(self.fd)
@@ -357,3 +360,14 @@ def _widen_pipe(fd: int) -> None:
             return
         except OSError:  # above /proc/sys/fs/pipe-max-size, or the user's pipe quota
             continue
+
+
+OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # limits, not a missing gpg
+
+
+def _not_run(exc: OSError) -> OSError | CryptoError:
+    """The error for a gpg that could not be started: the limit that stopped it, as it
+    is (the command line reports it), or a missing gpg."""
+    if exc.errno in OUT_OF:
+        return exc
+    return CryptoError(f"cannot run gpg ({exc}); install GnuPG 2")

@@ -50,7 +50,7 @@ def check_point(repo: Repository, layer: int | None) -> None:
 def find(repo: Repository, path: bytes, layer: int | None, when: int | None) -> Located | None:
     """The replayed entry of ``path`` at a point (None if absent); stops at its place."""
     key = model.clock_key(path)
-    for item in repo.tree(layer=layer, when=when):
+    for item in repo.tree(layer=layer, when=when, within=[path]):
         if item.entry.key == key:
             return item
         if item.entry.key > key:
@@ -265,7 +265,7 @@ def write_tar(
     with tempfile.TemporaryDirectory(prefix="tar-", dir=repo.state.dir) as workdir:
         plan = Plan(workdir)
         try:
-            for item in select(repo.tree(layer=layer, when=when), tops):
+            for item in select(repo.tree(layer=layer, when=when, within=tops), tops):
                 plan.add(item, tops)
             plan.close()
             return _write_tar(repo, plan, tops, workdir, out, listener)

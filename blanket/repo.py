@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from blanket.indexfmt import IndexHeader
 from blanket.merge import Located, replay
 from blanket.model import LOST, PART, Entry
 from blanket.packer import SealedPack
+from blanket.reach import may_hold, reach_of
 from blanket.state import LocalState
 
 CONFIG_KEY = "config"
@@ -161,13 +162,20 @@ class Repository:
             raise UsageError(f"layer {layer} is not in the repository; see 'blanket layers'")
         return max(times)
 
-    def tree(self, *, layer: int | None = None, when: int | None = None) -> Iterator[Located]:
+    def tree(
+        self,
+        *,
+        layer: int | None = None,
+        when: int | None = None,
+        within: Iterable[bytes] = (),
+    ) -> Iterator[Located]:
         """The replayed tree: latest, as of time ``when`` (ns), or as of the end of
         ``layer`` (the since rule, which also finds versions refreshed into later
-        layers)."""
+        layers). With ``within`` (paths), only the commits that can hold those subtrees
+        or their ancestors are read: the rest of the tree may be missing."""
         if layer is not None:
             when = self.layer_end(layer)
-        return replay(self.layer_streams(at=when), at=when)
+        return replay(self.layer_streams(at=when, within=within), at=when)
 
     def lost_versions(self) -> Iterator[Entry]:
         """The versions gc records as removed with expired layers (``L`` entries)."""
@@ -235,15 +243,21 @@ class Repository:
             ) from exc
 
     def layer_streams(
-        self, *, up_to_layer: int | None = None, at: int | None = None
+        self,
+        *,
+        up_to_layer: int | None = None,
+        at: int | None = None,
+        within: Iterable[bytes] = (),
     ) -> list[Iterator[Located]]:
         """One clock-sorted stream per layer, for :func:`blanket.merge.replay`; with
         ``at`` (a replay as of that time), also one per gc record holding versions that
         gc kept, filtered to those current at ``at``. The latest state (no ``at``) never
-        sees kept versions."""
+        sees kept versions. With ``within`` (paths), only the commits whose clock range
+        can hold those subtrees or their ancestors (``blanket.reach``) are read."""
+        reach = reach_of(within)
         by_layer: dict[int, list[IndexHeader]] = {}
         for h in self.headers:
-            if up_to_layer is None or h.layer <= up_to_layer:
+            if (up_to_layer is None or h.layer <= up_to_layer) and may_hold(h, reach):
                 by_layer.setdefault(h.layer, []).append(h)
         streams = [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
         if at is not None:

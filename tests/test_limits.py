@@ -26,7 +26,9 @@ from treeutil import Node, assert_same_tree, link_groups, snapshot, subtree
 from blanket.backends import open_backend
 from blanket.backup import BackupOptions, run_backup
 from blanket.crypto import PUBKEY, KeySpec
+from blanket.reach import may_hold, reach_of
 from blanket.repo import Repository, init_repository
+from blanket.restore.plan import select
 
 LIMIT = 64  # open files each command may have; the repository has more packs and layers
 FIRST_FILES = 12 * 8
@@ -203,3 +205,27 @@ def test_running_out_of_open_files_is_one_line_and_exit_1(built: Built, tmp_path
     assert "Traceback" not in err
     assert "too many open files" in err and "ulimit -n" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_path_reads_only_the_commits_that_can_hold_it(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock ranges prune the replay without changing what it gives, for subtrees,
+    files, deleted and absent paths, at every point; a one-folder request reads a small
+    share of the commits."""
+    monkeypatch.setenv("BLANKET_STATE_DIR", str(built.state))
+    repo = Repository.open(open_backend(built.repo), built.home)
+    repo.refresh()
+    tops = [b"dir03", b"dir07/hard-link-to-3-1", b"dir05/a-symlink", b"dir11/file7.txt"]
+    tops += [b"dir02/new-2.txt", b"dir09/new-21.txt", b"no-such", b"dir00", b"dir1"]
+    for layer in (None, 0, LAYERS // 2):
+        for top in tops:
+            full = [i.entry for i in select(repo.tree(layer=layer), [top])]
+            pruned = [i.entry for i in select(repo.tree(layer=layer, within=[top]), [top])]
+            assert pruned == full, (layer, top)
+    reach = reach_of([b"dir04/file2.txt"])
+    read = [h for h in repo.packs if may_hold(h, reach)]
+    layer0 = [h for h in repo.packs if h.layer == 0]
+    # layer 0 has a pack per entry: the file's own and its two ancestors' (the root and
+    # dir04), each with the next pack, which starts where it ends (both ends count)
+    assert len([h for h in read if h.layer == 0]) <= 6 < len(layer0)

@@ -18,16 +18,21 @@ verified before is decrypted and checked again.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blanket import indexfmt
 from blanket.errors import BlanketError, IntegrityError, NotFound, WrongKey
+from blanket.headercache import HeaderCache
 from blanket.indexfmt import IndexHeader
 
 if TYPE_CHECKING:
     from blanket.repo import Repository
+
+
+HEADERS_FILE = "headers.msgpack"  # blanket.headercache, in the state folder
 
 
 def index_key(seq: int) -> str:
@@ -91,6 +96,28 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
     raise IntegrityError("; ".join(reasons) or "not on any store")
 
 
+def _from_cache(repo: Repository, seq: int, headers: HeaderCache) -> tuple[IndexHeader, str] | None:
+    """The header and plaintext hash of the cached copy of index ``seq``: from the header
+    cache while the file is unchanged, else read and hashed (``None``: damaged or gone,
+    so the store's copy is fetched)."""
+    try:
+        with open(repo.state.index_path(seq), "rb") as f:
+            st = os.fstat(f.fileno())
+            hit = headers.get(seq, st)
+            if hit is not None and hit[0].repository == repo.config.id and hit[0].seq == seq:
+                return hit
+            plain = f.read()
+    except OSError:
+        return None
+    try:
+        header = parse_checked(repo, seq, plain)
+    except IntegrityError:
+        return None
+    digest = _sha(plain)
+    headers.put(seq, st, header, digest)
+    return header, digest
+
+
 def removed_by_gc(headers: Iterable[IndexHeader]) -> set[int]:
     """Commits whose objects authentic gc records say were deleted."""
     removed: set[int] = set()
@@ -120,23 +147,24 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
             f"{progress.last_seq} (the store has rolled back)",
         )
     cached = set(repo.state.cached_seqs())
+    headers = HeaderCache(repo.state.dir / HEADERS_FILE)
     found: dict[int, tuple[IndexHeader, str]] = {}  # header and plaintext hash, not text
     for seq in sorted(on_store):
-        header = None
-        plain = b""
-        if seq in cached and not fresh:
-            plain = repo.state.index_path(seq).read_bytes()
-            try:
-                header = parse_checked(repo, seq, plain)
-            except IntegrityError:
-                header = None  # a damaged cache file: fetch the store's copy
-        if header is None:
+        got = _from_cache(repo, seq, headers) if seq in cached and not fresh else None
+        if got is None:
             try:
                 header, plain = _from_stores(repo, seq, fresh=fresh)
             except IntegrityError as exc:
                 problem(index_key(seq), str(exc))
                 continue
-        found[seq] = (header, _sha(plain))
+            got = header, _sha(plain)
+            try:
+                headers.put(seq, repo.state.index_path(seq).stat(), *got)
+            except OSError:
+                pass  # not cached (a read-only state folder): read again next time
+        found[seq] = got
+    headers.keep_only(set(found))
+    headers.save()
     removed = removed_by_gc(h for h, _ in found.values())
     for seq in removed & cached:
         repo.state.drop_index(seq)

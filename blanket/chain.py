@@ -20,18 +20,29 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from blanket import indexfmt
+from blanket.backends.base import Backend
+from blanket.crypto import Gpg
 from blanket.errors import BlanketError, IntegrityError, NotFound, WrongKey
 from blanket.indexfmt import IndexHeader
-
-if TYPE_CHECKING:
-    from blanket.repo import Repository
+from blanket.state import LocalState
 
 
 def index_key(seq: int) -> str:
     return f"index/{seq:012d}"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What loading the chain reads: the stores (a mesh), gpg, the local cache and the
+    repository id every index must name. (The repository passes its own; the chain
+    never reaches into it.)"""
+
+    backends: list[Backend]
+    gpg: Gpg
+    state: LocalState
+    repository_id: str
 
 
 @dataclass
@@ -45,7 +56,7 @@ def _sha(data: bytes) -> str:
 
 
 def parse_checked(
-    repo: Repository, seq: int, plain: bytes, *, entries: bool = False
+    repository_id: str, seq: int, plain: bytes, *, entries: bool = False
 ) -> IndexHeader:
     """The header of an index plaintext, if it is this repository's commit ``seq``; with
     ``entries``, every entry line is parsed too (unsafe paths are refused), as is done
@@ -57,36 +68,36 @@ def parse_checked(
                 indexfmt.parse_entry(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"malformed ({exc})") from exc
-    if header.repository != repo.config.id:
+    if header.repository != repository_id:
         raise IntegrityError("belongs to another repository")
     if header.seq != seq:
         raise IntegrityError(f"is commit {header.seq} put in the place of commit {seq}")
     return header
 
 
-def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeader, bytes]:
+def _from_stores(src: Sources, seq: int, *, fresh: bool) -> tuple[IndexHeader, bytes]:
     """An authentic copy of index ``seq`` from the first store that has one."""
     key = index_key(seq)
     reasons = []
-    cached_cipher = repo.state.cipher_sha(seq)
-    for backend in repo.backends:
+    cached_cipher = src.state.cipher_sha(seq)
+    for backend in src.backends:
         try:
             cipher = backend.get(key)
         except NotFound:
             reasons.append(f"missing from {backend.describe()}")
             continue
         if fresh and cached_cipher and _sha(cipher) == cached_cipher:
-            plain = repo.state.index_path(seq).read_bytes()
-            return parse_checked(repo, seq, plain), plain
+            plain = src.state.index_path(seq).read_bytes()
+            return parse_checked(src.repository_id, seq, plain), plain
         try:
-            plain = repo.gpg.decrypt_bytes(cipher, key)
-            header = parse_checked(repo, seq, plain, entries=True)
+            plain = src.gpg.decrypt_bytes(cipher, key)
+            header = parse_checked(src.repository_id, seq, plain, entries=True)
         except WrongKey:
             raise
         except BlanketError as exc:
             reasons.append(f"{exc} on {backend.describe()}")
             continue
-        repo.state.store_index(seq, plain, _sha(cipher))
+        src.state.store_index(seq, plain, _sha(cipher))
         return header, plain
     raise IntegrityError("; ".join(reasons) or "not on any store")
 
@@ -100,7 +111,7 @@ def removed_by_gc(headers: Iterable[IndexHeader]) -> set[int]:
     return removed
 
 
-def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
+def load_chain(src: Sources, *, strict: bool, fresh: bool = False) -> Chain:
     chain = Chain()
 
     def problem(key: str, message: str) -> None:
@@ -109,37 +120,37 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
         chain.problems.append((key, message))
 
     on_store: set[int] = set()
-    for backend in repo.backends:
+    for backend in src.backends:
         on_store.update(int(o.key.split("/", 1)[1]) for o in backend.list("index/"))
     newest = max(on_store, default=-1)
-    progress = repo.state.load()
+    progress = src.state.load()
     if newest < progress.last_seq:
         problem(
             index_key(progress.last_seq),
             f"is gone: the store ends at commit {newest} but this machine committed up to "
             f"{progress.last_seq} (the store has rolled back)",
         )
-    cached = set(repo.state.cached_seqs())
+    cached = set(src.state.cached_seqs())
     found: dict[int, tuple[IndexHeader, str]] = {}  # header and plaintext hash, not text
     for seq in sorted(on_store):
         header = None
         plain = b""
         if seq in cached and not fresh:
-            plain = repo.state.index_path(seq).read_bytes()
+            plain = src.state.index_path(seq).read_bytes()
             try:
-                header = parse_checked(repo, seq, plain)
+                header = parse_checked(src.repository_id, seq, plain)
             except IntegrityError:
                 header = None  # a damaged cache file: fetch the store's copy
         if header is None:
             try:
-                header, plain = _from_stores(repo, seq, fresh=fresh)
+                header, plain = _from_stores(src, seq, fresh=fresh)
             except IntegrityError as exc:
                 problem(index_key(seq), str(exc))
                 continue
         found[seq] = (header, _sha(plain))
     removed = removed_by_gc(h for h, _ in found.values())
     for seq in removed & cached:
-        repo.state.drop_index(seq)
+        src.state.drop_index(seq)
     prev: tuple[int, str] | None = None
     for seq in range(newest + 1):
         if seq in removed:
@@ -157,6 +168,6 @@ def load_chain(repo: Repository, *, strict: bool, fresh: bool = False) -> Chain:
         prev = (seq, digest)
     last = progress.last_seq
     known = last in {h.seq for h in chain.headers}
-    if known and _sha(repo.state.index_path(last).read_bytes()) != progress.last_index_sha256:
+    if known and _sha(src.state.index_path(last).read_bytes()) != progress.last_index_sha256:
         problem(index_key(last), "differs from the one this machine committed")
     return chain

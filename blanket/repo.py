@@ -22,7 +22,7 @@ from typing import Any
 
 from blanket import indexfmt
 from blanket.backends.base import Backend
-from blanket.chain import index_key, load_chain
+from blanket.chain import Sources, index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
 from blanket.errors import (
     AlreadyExists,
@@ -191,7 +191,8 @@ class Repository:
         ``strict`` raises ``IntegrityError`` at the first problem; otherwise problems
         are kept in ``self.problems`` and every authentic index is used (blanket.chain).
         """
-        chain = load_chain(self, strict=strict, fresh=fresh)
+        sources = Sources(self.backends, self.gpg, self.state, self.config.id)
+        chain = load_chain(sources, strict=strict, fresh=fresh)
         self.headers = chain.headers
         self.problems = chain.problems
         self.by_seq = {h.seq: h for h in chain.headers}
@@ -225,8 +226,7 @@ class Repository:
     def entries(self, seq: int) -> Iterator[Entry]:
         """The entries of cached index ``seq`` (checked when it came from the store)."""
         try:
-            with open(self.state.index_path(seq), "rb") as f:
-                yield from indexfmt.read_entries(f)
+            yield from self.state.entries(seq)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(
                 f"the cached copy of {index_key(seq)} is unreadable ({exc}); delete "

@@ -150,7 +150,7 @@ def test_the_compact_companion_gives_the_same_entries(tmp_path: Path) -> None:
     companion = Path(str(local.index_path(0)) + state.COMPACT_SUFFIX)
     assert companion.exists()
     assert list(local.entries(0)) == entries
-    with open(local.index_path(0), "rb") as f:  # the way repo.entries reads
+    with open(local.index_path(0), "rb") as f:  # the text itself
         assert list(indexfmt.read_entries(f)) == entries
     local.drop_index(0)
     assert not companion.exists()

@@ -38,7 +38,9 @@ _SUBDIR = _DIR | os.O_NOFOLLOW
 class LocalBackend(Backend):
     """Objects as files under ``root``; the constructor never creates ``root``."""
 
-    cheap_reads = True
+    @property
+    def cheap_reads(self) -> bool:
+        return True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(os.path.abspath(root))

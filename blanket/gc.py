@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from blanket import model
 from blanket.chain import index_key, removed_by_gc
-from blanket.errors import NotFound, StoreError
+from blanket.errors import NotFound, PermissionDenied
 from blanket.expiry import (
     ExpiryPlan,
     LayerStat,
@@ -377,7 +377,7 @@ def collect(
         if chosen:
             try:
                 index_size = repo.backend.head(index_key(header.seq)).size
-            except (StoreError, NotFound):
+            except (NotFound, PermissionDenied):
                 index_size = len(repo.state.index_path(header.seq).read_bytes())
             result.bytes_added = hist.upload = header.data_size + index_size
         result.deleted_layers = sorted(doomed)
@@ -385,7 +385,7 @@ def collect(
     if targets:
         try:
             result.objects_deleted, result.bytes_freed = _delete_removed(repo, targets, m.sizes)
-        except StoreError as exc:
+        except PermissionDenied as exc:
             result.warnings.append(
                 f"the store refused to delete ({exc}); the objects stay, ignored, "
                 "until gc runs with credentials that may delete"

@@ -29,9 +29,9 @@ from blanket.errors import (
     BlanketError,
     IntegrityError,
     NotFound,
+    PermissionDenied,
     RepositoryLocked,
     RepositoryMissing,
-    StoreError,
     UsageError,
     WrongKey,
 )
@@ -210,7 +210,7 @@ class Repository:
                     self.backend.delete(info.key)
                     removed += 1
             removed += self.backend.discard_incomplete()
-        except StoreError:
+        except PermissionDenied:
             pass  # no delete permission: leftovers are ignored by readers and left to gc
         return removed
 

@@ -19,7 +19,7 @@ from typing import BinaryIO, Literal
 
 from blanket.backends.base import Backend, ObjectInfo, check_key, read_chunks
 from blanket.backends.wrappers import BackendWrapper
-from blanket.errors import StoreError, TransientStoreError
+from blanket.errors import PermissionDenied, StoreError, TransientStoreError
 
 FaultKind = Literal[
     "transient",  # raise TransientStoreError instead of calling the store
@@ -163,7 +163,7 @@ def _flip(data: bytes) -> bytes:
 
 class NoDeleteBackend(BackendWrapper):
     """A store whose policy allows no delete (what a backup-only key gets): every delete,
-    and every abort of an incomplete upload, raises StoreError and is recorded in
+    and every abort of an incomplete upload, raises PermissionDenied and is recorded in
     ``refused``."""
 
     def __init__(self, inner: Backend) -> None:
@@ -173,13 +173,13 @@ class NoDeleteBackend(BackendWrapper):
     def delete(self, key: str) -> None:
         check_key(key)
         self.refused.append(key)
-        raise StoreError(
+        raise PermissionDenied(
             f"{self.describe()}: cannot delete {key!r}: AccessDenied (the policy allows no delete)"
         )
 
     def discard_incomplete(self) -> int:
         self.refused.append("(incomplete uploads)")
-        raise StoreError(
+        raise PermissionDenied(
             f"{self.describe()}: cannot abort incomplete uploads: AccessDenied "
             "(the policy allows no delete)"
         )

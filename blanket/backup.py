@@ -36,9 +36,10 @@ from blanket.frames import Compressors
 from blanket.gc import GcResult, collect
 from blanket.indexfmt import IndexHeader, escape, render_index, unescape
 from blanket.lock import RepoLock
+from blanket.members import inner_index
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import PackWriter, inner_index
+from blanket.packer import PackWriter
 from blanket.repo import Repository
 from blanket.walker import walk
 

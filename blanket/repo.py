@@ -22,16 +22,16 @@ from typing import Any
 
 from blanket import indexfmt
 from blanket.backends.base import Backend
-from blanket.chain import index_key, load_chain
+from blanket.chain import Sources, index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
 from blanket.errors import (
     AlreadyExists,
     BlanketError,
     IntegrityError,
     NotFound,
+    PermissionDenied,
     RepositoryLocked,
     RepositoryMissing,
-    StoreError,
     UsageError,
     WrongKey,
 )
@@ -199,7 +199,8 @@ class Repository:
         ``strict`` raises ``IntegrityError`` at the first problem; otherwise problems
         are kept in ``self.problems`` and every authentic index is used (blanket.chain).
         """
-        chain = load_chain(self, strict=strict, fresh=fresh)
+        sources = Sources(self.backends, self.gpg, self.state, self.config.id)
+        chain = load_chain(sources, strict=strict, fresh=fresh)
         self.headers = chain.headers
         self.problems = chain.problems
         self.by_seq = {h.seq: h for h in chain.headers}
@@ -217,7 +218,7 @@ class Repository:
                     self.backend.delete(info.key)
                     removed += 1
             removed += self.backend.discard_incomplete()
-        except StoreError:
+        except PermissionDenied:
             pass  # no delete permission: leftovers are ignored by readers and left to gc
         return removed
 

@@ -22,8 +22,8 @@ from blanket.chain import index_key
 from blanket.errors import AlreadyExists, BlanketError, IntegrityError
 from blanket.indexfmt import IndexHeader
 from blanket.oplog import LOG_PREFIX
+from blanket.packread import HashingSink
 from blanket.repo import CONFIG_KEY, Repository, put_index
-from blanket.restore.fetch import HashingSink
 from blanket.verify import check_object
 
 

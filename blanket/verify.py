@@ -27,9 +27,9 @@ from blanket import model
 from blanket.backends.base import Backend, download_to
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import Frame, IndexHeader
-from blanket.packer import INDEX_MEMBER, inner_index, member_name, part_member_name
+from blanket.members import INDEX_MEMBER, inner_index, member_name, part_member_name
+from blanket.packread import HashingSink, fetch_plaintext, members
 from blanket.repo import Repository
-from blanket.restore.fetch import HashingSink, fetch_plaintext, members
 
 
 @dataclass

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import zstandard
 
 from blanket.errors import IntegrityError
+from blanket.members import member_name
 from blanket.model import Entry
-from blanket.packer import member_name
-from blanket.restore.fetch import members
+from blanket.packread import members
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 
 __all__ = [

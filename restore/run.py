@@ -26,8 +26,8 @@ from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.merge import Located, replay
 from blanket.model import Entry
+from blanket.packread import Prefetcher, fetch_from_any
 from blanket.repo import Repository
-from blanket.restore.fetch import Prefetcher, fetch_from_any
 from blanket.restore.packwrite import (
     PER_FILE,
     UNREADABLE,

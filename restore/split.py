@@ -7,10 +7,10 @@ import os
 from collections.abc import Callable, Iterator
 
 from blanket.errors import IntegrityError
+from blanket.members import part_member_name
 from blanket.model import Entry
-from blanket.packer import part_member_name
+from blanket.packread import members
 from blanket.repo import Repository
-from blanket.restore.fetch import members
 
 __all__ = ["SplitContent"]
 

@@ -30,14 +30,7 @@ from blanket.backends.base import Backend, ObjectInfo
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
 from blanket.backends.ratelimit import RateLimitedBackend, TokenBucket
-from blanket.backends.wrappers import (
-    Fault,
-    FaultyBackend,
-    NoDeleteBackend,
-    RetryingBackend,
-    innermost,
-    is_retriable,
-)
+from blanket.backends.wrappers import RetryingBackend, innermost, is_retriable
 from blanket.backup import BackupOptions, BackupResult, run_backup
 from blanket.crypto import PUBKEY, KeySpec
 from blanket.errors import (
@@ -52,6 +45,7 @@ from blanket.errors import (
 )
 from blanket.repo import Repository, init_repository
 from blanket.restore.run import RestoreOptions, RestoreResult, run_restore
+from blanket.testing import Fault, FaultyBackend, NoDeleteBackend
 
 KiB = 1024
 OPTS = BackupOptions(pack_size=48 * KiB, pack_entries=3)  # several packs from a small tree

@@ -150,7 +150,7 @@ def test_the_compact_companion_gives_the_same_entries(tmp_path: Path) -> None:
     companion = Path(str(local.index_path(0)) + state.COMPACT_SUFFIX)
     assert companion.exists()
     assert list(local.entries(0)) == entries
-    with open(local.index_path(0), "rb") as f:  # the way repo.entries reads
+    with open(local.index_path(0), "rb") as f:  # the text itself
         assert list(indexfmt.read_entries(f)) == entries
     local.drop_index(0)
     assert not companion.exists()
@@ -179,6 +179,55 @@ def test_a_missing_damaged_or_stale_companion_falls_back_to_the_text(
     assert list(local.entries(0)) == entries
     assert list(local.entries(0)) == entries  # from the companion written meanwhile
     assert companion.exists()
+
+
+def test_a_companion_in_an_older_format_is_rebuilt_never_misread(tmp_path: Path) -> None:
+    """A companion written by an earlier blanket (``marshal``, whose format changes
+    between Python versions) is not read: the text is parsed and a msgpack one made."""
+    import hashlib
+    import marshal
+
+    local = state.LocalState("repo", tmp_path)
+    entries = sample()
+    text = indexfmt.render_index(header(len(entries)), entries)
+    local.store_index(0, text)
+    companion = Path(str(local.index_path(0)) + state.COMPACT_SUFFIX)
+    wrong = [dataclasses.replace(e, size=e.size + 1) for e in entries]  # would be misread
+    body = marshal.dumps([indexfmt.entry_fields(e) for e in wrong])
+    chunk = state._LEN.pack(len(body)) + body
+    old = b"blanket-entries 1\n" + (
+        f"{hashlib.sha256(text).hexdigest()}\n{hashlib.sha256(chunk).hexdigest()}\n".encode()
+    )
+    companion.write_bytes(old + chunk)
+    assert list(local.entries(0)) == entries
+    assert companion.read_bytes().startswith(b"blanket-entries 2 msgpack\n")
+    assert list(local.entries(0)) == entries  # now from the rebuilt companion
+
+
+def test_the_companion_round_trips_every_field(tmp_path: Path) -> None:
+    local = state.LocalState("repo", tmp_path)
+    entries = [
+        Entry(
+            model.FILE,
+            b"\xff\xfe name",
+            mode=0o4755,
+            uid=2**32 - 2,
+            mtime_ns=-(10**18),
+            ctime_ns=2**62,
+            ino=2**64 - 1,
+            size=2**40,
+            sha256="ab" * 32,
+            user=b"\xe9",
+            xattrs=((b"user.a", b"\x00\x01"), (b"user.b", b"")),
+            sparse=((0, 4096), (2**30, 1)),
+            since=1,
+        )
+    ]
+    text = indexfmt.render_index(header(len(entries)), entries)
+    local.store_index(0, text)
+    (back,) = list(local.entries(0))
+    assert back == entries[0]
+    assert isinstance(back.xattrs, tuple) and isinstance(back.sparse[0], tuple)
 
 
 def test_a_forged_companion_cannot_smuggle_an_unsafe_path(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import sys
 
 from blanket import model
 from blanket.commands.common import at, open_repo
-from blanket.dump import cat
 from blanket.errors import EXIT_OK
+from blanket.restore.dump import cat
 from blanket.ui import Output
 
 HELP = "write one file's content to stdout"

@@ -1,4 +1,7 @@
-"""``blanket gc``: expire old layers within the cap and delete what nothing needs."""
+"""``blanket gc``: expire old layers within the cap and delete what nothing needs.
+
+``--dry-run`` prints the plan (``blanket.gcplan.plan_gc``) that the apply would run:
+the layers' fates, the history kept or lost, and the objects it would delete."""
 
 from __future__ import annotations
 
@@ -55,7 +58,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         f"{'plan' if args.dry_run else 'gc'}: {human_size(plan.total)} stored, cap {cap_text}; "
         f"layers below {plan.expire_below} expiring; {verb} layer(s) "
         f"{', '.join(map(str, plan.delete)) or 'none'}"
-        + ("" if args.dry_run else f", {human_size(result.bytes_freed)} freed")
+        + (
+            f", {result.objects_to_delete} object(s) of {human_size(result.bytes_to_free)} "
+            "to delete"
+            if args.dry_run
+            else f", {human_size(result.bytes_freed)} freed"
+        )
         + f"; next pass about {human_size(plan.peak)} at its peak"
         + ("" if plan.fits else f"; {plan.message}"),
         total=plan.total,
@@ -66,6 +74,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         after=plan.after,
         fits=plan.fits,
         bytes_freed=result.bytes_freed,
+        objects_to_delete=result.objects_to_delete,
+        bytes_to_free=result.bytes_to_free,
         lost_versions=result.lost_versions,
         dry_run=args.dry_run,
         keep_history=args.keep_history,

@@ -8,7 +8,7 @@ import time
 from blanket.backends.base import Backend
 from blanket.commands.common import backend_for, gnupghome, passphrase, repo_urls, setting
 from blanket.crypto import PUBKEY, SYMMETRIC, KeySpec
-from blanket.errors import EXIT_OK, NotFound, StoreError, UsageError
+from blanket.errors import EXIT_OK, NotFound, UsageError
 from blanket.repo import CONFIG_KEY, init_repository
 from blanket.ui import Output
 
@@ -45,8 +45,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
 
 def _holds_repository(backend: Backend) -> bool:
+    if not backend.exists():
+        return False
     try:
         backend.head(CONFIG_KEY)
-    except (NotFound, StoreError):
+    except NotFound:
         return False
     return True

@@ -8,8 +8,8 @@ import sys
 
 from blanket import model
 from blanket.commands.common import at, open_repo, repo_urls
-from blanket.dump import write_tar
 from blanket.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from blanket.restore.dump import write_tar
 from blanket.restore.run import RestoreOptions, run_restore
 from blanket.ui import Output, path_text
 from blanket.units import human_size

@@ -25,11 +25,11 @@ from blanket import model
 from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.indexfmt import IndexHeader
+from blanket.members import member_name, part_member_name, tar_info
 from blanket.merge import Located
 from blanket.model import Entry
-from blanket.packer import member_name, part_member_name, tar_info
+from blanket.packread import fetch_plaintext, members
 from blanket.repo import Repository
-from blanket.restore.fetch import fetch_plaintext, members
 from blanket.restore.plan import Plan, missing_tops, select
 
 CHUNK = 1 << 20

@@ -31,7 +31,8 @@ from blanket.restore import spill
 # The plan's groups of entries, in the ``grp`` column.
 DIRS, CONTENT, SPLIT, LINKS, _OLD_LINKS = 0, 1, 2, 3, 4
 _NAMES = {"dirs": DIRS, "links": LINKS}
-_BATCH = 2048  # rows inserted (and read back) at a time
+_BATCH = 2048  # entries planned between two writes to the database
+_ROWS = 64  # rows (chunks of entries) read back at a time
 _SCHEMA = "CREATE TABLE plan (grp INTEGER, origin INTEGER, seq INTEGER, entry BLOB)"
 _INDEX = "CREATE INDEX plan_where ON plan (grp, origin, seq)"
 
@@ -64,7 +65,8 @@ class Plan:
         self.found: set[bytes] = set()
         self.entries = 0
         self.bytes = 0
-        self._rows: list[tuple[int, int, int, bytes]] = []
+        self._pending: dict[tuple[int, int, int], list[bytes]] = {}
+        self._count = 0
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._inherited: sqlite3.Connection | None = None
@@ -90,16 +92,26 @@ class Plan:
         return self._conn
 
     def _flush(self) -> None:
-        if self._rows:
-            db = self._db()
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO plan VALUES (?, ?, ?, ?)", self._rows)
-            db.execute("COMMIT")
-            self._rows.clear()
+        """Write what was planned since the last flush: one row per group and pack,
+        holding its entries in order (a chunk)."""
+        if self._pending:
+            rows = [(*where, b"".join(chunk)) for where, chunk in self._pending.items()]
+            with self._lock:
+                db = self._db()
+                db.execute("BEGIN")
+                db.executemany("INSERT INTO plan VALUES (?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            self._pending.clear()
+            self._count = 0
 
     def _write(self, grp: int, e: Entry, origin: int = 0, seq: int = 0) -> None:
-        self._rows.append((grp, origin, seq, spill.dump(e)))
-        if len(self._rows) >= _BATCH:
+        where = (grp, origin, seq)
+        chunk = self._pending.get(where)
+        if chunk is None:
+            chunk = self._pending[where] = []
+        chunk.append(spill.dump(e))
+        self._count += 1
+        if self._count >= _BATCH:
             self._flush()
 
     def add(self, item: Located, tops: list[bytes]) -> None:
@@ -144,18 +156,18 @@ class Plan:
                 self._db().execute(_INDEX)
             self._indexed = True
 
-    def _select(self, sql: str, args: tuple[int, ...]) -> Iterator[Entry]:
-        """Rows of a query, read ``_BATCH`` at a time (no cursor is held open between
-        batches, so the plan may change while a caller iterates)."""
+    def _select(self, sql: str, args: tuple[int, ...], reverse: bool = False) -> Iterator[Entry]:
+        """The entries of a query's chunks, ``_ROWS`` chunks at a time (no cursor is held
+        open between reads, so the plan may change while a caller iterates)."""
         self._flush()
-        last = -1 if "DESC" not in sql else 1 << 62
-        op = ">" if last < 0 else "<"
+        last, op = (1 << 62, "<") if reverse else (-1, ">")
         while True:
             with self._lock:
-                rows = self._db().execute(sql.format(op=op), (*args, last, _BATCH)).fetchall()
+                rows = self._db().execute(sql.format(op=op), (*args, last, _ROWS)).fetchall()
             for _, blob in rows:
-                yield spill.load(blob)
-            if len(rows) < _BATCH:
+                entries = spill.load_all(blob)
+                yield from reversed(entries) if reverse else entries
+            if len(rows) < _ROWS:
                 return
             last = rows[-1][0]
 
@@ -165,7 +177,7 @@ class Plan:
             "SELECT rowid, entry FROM plan WHERE grp = ? AND rowid {op} ? "
             f"ORDER BY rowid {order} LIMIT ?"
         )
-        return self._select(sql, (grp,))
+        return self._select(sql, (grp,), reverse)
 
     def _at(self, grp: int, origin: int, seq: int) -> Iterator[Entry]:
         sql = (

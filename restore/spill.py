@@ -25,7 +25,8 @@ def dump(e: Entry) -> bytes:
     return record
 
 
-def load(record: bytes) -> Entry:
-    """The entry that ``dump`` wrote as ``record``."""
-    fields = msgpack.unpackb(record, raw=False, use_list=False)
-    return Entry(*fields)
+def load_all(records: bytes) -> list[Entry]:
+    """The entries that ``dump`` wrote, one after the other, into ``records``."""
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=len(records) + 1)
+    unpacker.feed(records)
+    return [Entry(*fields) for fields in unpacker]

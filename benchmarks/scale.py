@@ -14,7 +14,9 @@ give), it measures for each tool:
   every 5 ms) and the most its whole process tree held;
 * for blanket's subtree restore, the same restore in the 10-commit repository: the time
   ratio (target <= 1.5x) and the bytes the command read (``/proc/PID/io`` ``rchar``:
-  local index cache and packs alike).
+  local index cache and packs alike). The folder restored holds ``--per-dir`` files
+  (100), about one pack's worth in the many-pack repository, so both restores read about
+  one pack and the ratio shows what the other 9,990 commits cost: their indexes.
 
 Every restore is compared with the source (every file's size and content).
 
@@ -241,7 +243,7 @@ class Scale:
         many = self.build_blanket("repo-many", key, opts.packs)
         few = self.build_blanket("repo-few", key, 10)
         bl = [self.python, "-m", "blanket"]
-        top = "dir00003"
+        top = "dir00003"  # --per-dir files: a pack or two of the many-pack repository
         checks = []
         for name, url in (("10,000-pack", many), ("10-pack", few)):
             tag = "" if url == many else " (10 commits)"
@@ -348,7 +350,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=1_000_000)
     p.add_argument("--packs", type=int, default=10_000)
-    p.add_argument("--per-dir", type=int, default=1000)
+    p.add_argument(
+        "--per-dir",
+        type=int,
+        default=100,
+        help="files per folder; the subtree restored is one folder (keep it about "
+        "files/packs, so the folder fills a pack or two in the many-pack repository)",
+    )
     p.add_argument("--nofile", type=int, default=1024, help="open-file limit of every command")
     p.add_argument("--work", default="/var/tmp/blanket-scale")
     p.add_argument("--no-restic", action="store_true")

@@ -7,7 +7,10 @@ holding host, pid, start and expiry, then lists ``locks/`` again (the read-back 
 which works on every store, with or without conditional writes). A run yields to any live
 lease that sorts before its own. A lease is dead when it has expired, when a release
 marker for it exists, or when its holder is a process on this host that no longer runs,
-so a crashed run never needs a human to unlock. A long run renews its lease by writing a
+so a crashed run never needs a human to unlock. Only its own host can tell the last
+kind is dead, so the run that takes the lock after it releases it for the others (deletes
+it, or writes its release marker): a gc machine elsewhere need not wait for a killed
+laptop's lease to expire. A long run renews its lease by writing a
 fresh one. On release the lease is deleted; a store that refuses deletes (a backup needs
 no delete permission) gets a release marker ``locks/<start>-<run id>-released`` instead.
 """
@@ -67,6 +70,7 @@ class RepoLock:
         self._fd = -1
         self._keys: list[str] = []
         self._last_renewal = 0.0
+        self._crashed: set[str] = set()  # leases of runs on this host that no longer run
 
     # --- local ---------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class RepoLock:
             if h.run == self.run or h.expires < time.time():
                 continue
             if h.host == self.host and not _alive(h.pid):
+                self._crashed.add(key)
                 continue
             live.append((key, h))
         return live
@@ -133,9 +138,28 @@ class RepoLock:
                     f"the repository is locked by a run on {others[0][1].describe()}; "
                     "it is released when that run ends or its lease expires"
                 )
+            self._release_crashed()
         except BaseException:
             self.release()
             raise
+
+    def _release_crashed(self) -> None:
+        """Release the leases of this host's runs that died holding them (killed, crashed),
+        which other hosts would otherwise take as live until they expire."""
+        marked: set[str] = set()
+        for key in sorted(self._crashed):
+            run = _run_prefix(key)
+            if run in marked:
+                continue
+            try:
+                self.backend.delete(key)
+            except StoreError:
+                try:
+                    self.backend.put(run + RELEASED, b"released\n")
+                except StoreError:
+                    pass  # it expires on its own
+                marked.add(run)
+        self._crashed.clear()
 
     def renew(self) -> None:
         """Write a fresh lease if the current one is past half its life."""

@@ -52,6 +52,23 @@ def test_lease_of_a_dead_process_on_this_host_is_broken(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.parametrize("store", [MemoryBackend(), NoDelete()], ids=["delete", "no-delete"])
+def test_lease_of_a_dead_process_is_released_for_other_hosts(
+    tmp_path: Path, store: MemoryBackend
+) -> None:
+    """A laptop killed mid-run leaves a lease that only its own host can tell is dead; its
+    next run releases it, so a gc machine need not wait for the lease to expire."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    _stale_lease(store, pid=proc.pid, expires=time.time() + 3600, host=socket.gethostname())
+    with RepoLock(store, tmp_path / "laptop"):
+        pass
+    elsewhere = RepoLock(store, tmp_path / "gc-machine")
+    elsewhere.host = "gc-machine"
+    with elsewhere:
+        pass
+
+
 def test_expired_lease_of_another_host_is_broken(tmp_path: Path) -> None:
     store = MemoryBackend()
     _stale_lease(store, pid=1, expires=time.time() - 1, host="elsewhere")

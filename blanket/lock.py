@@ -10,7 +10,10 @@ lease that sorts before its own. The origin is a random id kept in the local sta
 directory, the one the local lock guards: a lease with our own origin was written by an
 earlier run of this state directory, which has ended, since we now hold the local lock.
 A lease is dead when it has expired, when a release marker for it exists, or when its
-origin is ours, so a crashed run never needs a human to unlock. A long run renews its
+origin is ours, so a crashed run never needs a human to unlock. Only this state
+directory can tell the last kind is dead, so the run that takes the lock after it
+releases it for the others (deletes it, or writes its release marker): a gc machine
+elsewhere need not wait for a killed laptop's lease to expire. A long run renews its
 lease by writing a fresh one. On release the lease is deleted; a store that refuses
 deletes (``PermissionDenied``: a backup needs no delete permission) gets a release
 marker ``locks/<start>-<run id>-released`` instead; any other store error is raised.
@@ -95,6 +98,7 @@ class RepoLock:
         self._fd = -1
         self._keys: list[str] = []
         self._last_renewal = 0.0
+        self._crashed: set[str] = set()  # leases of earlier runs of this state directory
 
     # --- local ---------------------------------------------------------------------
 
@@ -145,7 +149,8 @@ class RepoLock:
             if h.run == self.run or h.expires < time.time():
                 continue
             if h.origin == self.origin:
-                continue  # an earlier run of this state directory: it has ended
+                self._crashed.add(key)  # an earlier run of this state directory: it ended
+                continue
             live.append((key, h))
         return live
 
@@ -162,9 +167,26 @@ class RepoLock:
                     f"the repository is locked by a run on {others[0][1].describe()}; "
                     "it is released when that run ends or its lease expires"
                 )
+            self._release_crashed()
         except BaseException:
             self.release()
             raise
+
+    def _release_crashed(self) -> None:
+        """Release the leases of this state directory's runs that died holding them
+        (killed, crashed), which other machines would otherwise take as live until they
+        expire. Without delete permission a release marker is written instead."""
+        marked: set[str] = set()
+        for key in sorted(self._crashed):
+            run = _run_prefix(key)
+            if run in marked:
+                continue
+            try:
+                self.backend.delete(key)
+            except PermissionDenied:
+                self.backend.put(run + RELEASED, b"released\n")
+                marked.add(run)
+        self._crashed.clear()
 
     def renew(self) -> None:
         """Write a fresh lease if the current one is past half its life."""

@@ -30,6 +30,7 @@ from blanket.backends.base import Backend, ObjectInfo
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
 from blanket.backends.ratelimit import RateLimitedBackend, TokenBucket
+from blanket.backends.s3 import S3Backend
 from blanket.backends.wrappers import RetryingBackend, innermost, is_retriable
 from blanket.backup import BackupOptions, BackupResult, run_backup
 from blanket.crypto import PUBKEY, KeySpec
@@ -65,12 +66,17 @@ def make_tree(root: Path, seed: int = 7) -> None:
     (root / "empty").write_bytes(b"")
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "seaweedfs"])
 def plain(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """The store without faults (memory keeps checksums, a directory does not). Tests
-    where the store's kind makes no difference run on memory only, to stay fast."""
+    """The store without faults (memory keeps checksums, a directory does not; SeaweedFS
+    is a real S3 engine that checks and keeps them). Tests where the store's kind makes
+    no difference run on memory only, to stay fast."""
     if request.param == "memory":
         return MemoryBackend(f"faults-{uuid.uuid4().hex}")
+    if request.param == "seaweedfs":
+        request.getfixturevalue("seaweed_env")
+        bucket = request.getfixturevalue("seaweedfs").bucket("faults")
+        return S3Backend(bucket, f"run-{uuid.uuid4().hex[:12]}")
     store = LocalBackend(tmp_path / "store")
     store.create()
     return store

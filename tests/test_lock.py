@@ -61,10 +61,27 @@ def test_lease_left_by_a_crashed_run_of_this_state_directory_is_broken(tmp_path:
     with RepoLock(store, tmp_path) as first:  # makes this state directory's origin
         origin = first.origin
     _stale_lease(store, expires=time.time() + 3600, origin=origin)
-    with RepoLock(store, tmp_path):
-        pass
     with pytest.raises(RepositoryLocked):  # another state directory cannot know it ended
         RepoLock(store, tmp_path / "other").acquire()
+    with RepoLock(store, tmp_path):
+        pass
+
+
+@pytest.mark.parametrize("store", [MemoryBackend(), NoDelete()], ids=["delete", "no-delete"])
+def test_lease_of_a_crashed_run_is_released_for_other_machines(
+    tmp_path: Path, store: MemoryBackend
+) -> None:
+    """A laptop killed mid-run leaves a lease that only its own state directory can tell
+    is dead; its next run releases it, so a gc machine need not wait for it to expire."""
+    with RepoLock(store, tmp_path / "laptop") as first:
+        origin = first.origin
+    _stale_lease(store, expires=time.time() + 3600, origin=origin)
+    with pytest.raises(RepositoryLocked):  # until the laptop runs again, others wait
+        RepoLock(store, tmp_path / "gc-machine").acquire()
+    with RepoLock(store, tmp_path / "laptop"):
+        pass
+    with RepoLock(store, tmp_path / "gc-machine"):
+        pass
 
 
 def test_expired_lease_of_another_host_is_broken(tmp_path: Path) -> None:

@@ -161,13 +161,15 @@ class Scale:
         self.blanket("init", "--repo", url, "--key", key)
         per_pack = max(1, math.ceil(self.opts.files / packs))
         t0 = time.perf_counter()
-        out = subprocess.run(
+        built = subprocess.run(
             [self.python, "-c", BUILD, url, str(self.home), str(self.src), str(per_pack)],
             env=self.env,
-            check=True,
             capture_output=True,
             text=True,
-        ).stdout.strip()
+        )
+        if built.returncode:
+            raise SystemExit(f"building {name} failed:\n{built.stderr[-3000:]}")
+        out = built.stdout.strip()
         print(f"built {name}: {out} in {time.perf_counter() - t0:.0f} s", flush=True)
         return url
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import seaweed
 from botocore.exceptions import ClientError
 from seaweed import LAPTOP, Seaweed
 from treeutil import assert_same_tree, make_awkward_tree, snapshot
@@ -242,6 +243,45 @@ def test_cli_life_of_a_repository_on_seaweedfs(
     repaired = cli("sync", "--from", replica, "--to", url, "--json", env=env, check=0)
     assert summary(repaired.out)["data_repaired"] == 1
     cli("verify", "--repo", url, env=env, check=0)
+
+
+def test_cli_on_seaweedfs_started_as_a_user_starts_it(
+    cli: Any, keyring: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``weed mini`` with its defaults and its user from the environment (not the suite's
+    identities file): the repository's life goes the same way."""
+    store = seaweed.start(tmp_path / "weed", as_user=True)
+    try:
+        for name in seaweed.UNSET:
+            monkeypatch.delenv(name, raising=False)
+        env = {**store.env(), "GNUPGHOME": keyring.home}
+        url, replica = "s3://backups/laptop", "s3://backups/replica"
+        src = tmp_path / "src"
+        make_tree(src, files=30)
+        cli("init", "--repo", url, "--key", keyring.fingerprint, env=env, check=0)
+        backup_killed_midway(store, "backups", "laptop", src, env)
+        cli("backup", "--repo", url, "--pack-size", "512K", str(src), env=env, check=0)
+        out = tmp_path / "out"
+        cli("restore", "--repo", url, "--to", str(out), env=env, check=0)
+        assert_same_tree(snapshot(src), snapshot(out))
+        quick = summary(cli("verify", "--repo", url, "--json", env=env, check=0).out)
+        assert quick["by_store_checksum"] == quick["commits"]
+        cli("verify", "--repo", url, "--deep", env=env, check=0)
+        cli("sync", "--from", url, "--to", replica, env=env, check=0)
+        s3 = store.client()
+        victim = store.keys("backups", "laptop/data/")[1]
+        body = bytearray(s3.get_object(Bucket="backups", Key=victim)["Body"].read())
+        body[-1] ^= 0x80
+        s3.put_object(Bucket="backups", Key=victim, Body=bytes(body))  # botocore's CRC32
+        text = cli("verify", "--repo", url, env=env, check=0).out
+        assert "1 data object(s) the store keeps no SHA-256 for" in text
+        cli("verify", "--repo", url, "--deep", env=env, check=1)
+        mesh = tmp_path / "mesh"
+        cli("restore", "--repo", url, "--repo", replica, "--to", str(mesh), env=env, check=0)
+        assert_same_tree(snapshot(src), snapshot(mesh))
+    finally:
+        store.stop()
+    assert not store.alive()
 
 
 def test_gc_on_a_versioned_bucket_leaves_no_version_behind(

@@ -353,6 +353,12 @@ def test_a_laptop_that_cannot_delete_backs_up_and_its_gc_fails_cleanly(
     refused = cli("gc", "--repo", url, "--cap", "1", env=laptop)
     assert "the store refused to delete" in refused.err and "AccessDenied" in refused.err
     assert "Traceback" not in refused.err
+    # Without a cap gc only deletes what its records already declare removed: refused,
+    # that is all it had to do, so it fails (one line, exit 1) and changes nothing.
+    again = cli("gc", "--repo", url, "--json", env=laptop)
+    assert again.code == 1, again
+    assert summary(again.out)["delete_refused"] is True
+    assert summary(again.out)["fits"] is True
     after = sorted(seaweedfs.keys(bucket, "laptop/"))
     assert set(before) <= set(after), "a laptop without delete rights deleted something"
     # The trusted machine's gc deletes what the laptop's could not; the repository stays whole.

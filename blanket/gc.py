@@ -76,6 +76,7 @@ class GcResult:
     deleted_layers: list[int] = field(default_factory=list)
     objects_deleted: int = 0
     bytes_freed: int = 0
+    delete_refused: bool = False  # the store refused the deletes (no delete permission)
     lost_versions: int = 0
     kept_versions: int = 0
     bytes_downloaded: int = 0
@@ -290,6 +291,7 @@ def apply_gc(
                 result.objects_deleted += 1
                 result.bytes_freed += size
         except PermissionDenied as exc:
+            result.delete_refused = True
             result.warnings.append(
                 f"the store refused to delete ({exc}); the objects stay, ignored, "
                 "until gc runs with credentials that may delete"

@@ -225,7 +225,9 @@ def _identities(path: Path) -> None:
     path.chmod(0o600)
 
 
-def _command(weed: str, root: Path, data: Path, sockets: Path) -> tuple[list[str], int, list[Path]]:
+def _command(
+    weed: str, root: Path, data: Path, sockets: Path, as_user: bool
+) -> tuple[list[str], int, list[Path]]:
     names = ["master", "volume", "filer", "s3", "admin"]
     ports = _free_ports(2 * len(names))
     http = dict(zip(names, ports[: len(names)], strict=True))
@@ -238,18 +240,26 @@ def _command(weed: str, root: Path, data: Path, sockets: Path) -> tuple[list[str
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         "-master.telemetry=false",
-        "-admin.ui=false",
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        "-s3.autoCreateBucket=false",
-        "-master.volumeSizeLimitMB=64",
-        f"-s3.config={root / 'identities.json'}",
         f"-filer.localSocket={sockets / 'filer.sock'}",
         f"-s3.localSocket={sockets / 's3.sock'}",
     ]
+    if not as_user:
+        args += [
+            "-admin.ui=false",
+            "-s3.autoCreateBucket=false",
+            "-master.volumeSizeLimitMB=64",
+            f"-s3.config={root / 'identities.json'}",
+        ]
     for name in names:
-        args += [f"-{name}.port={http[name]}", f"-{name}.port.grpc={grpc[name]}"]
+        args.append(f"-{name}.port={http[name]}")
+        if name == "admin" and as_user:
+            # Its admin UI's worker dials the admin's HTTP port + 10000 whatever the flag.
+            grpc[name] = http[name] + 10000
+        else:
+            args.append(f"-{name}.port.grpc={grpc[name]}")
     leftovers = [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in grpc.items()]
     return args, http["s3"], leftovers
 
@@ -273,8 +283,13 @@ def _ready(endpoint: str) -> bool:
         s3.close()
 
 
-def start(root: Path, *, attempts: int = 3) -> Seaweed:
+def start(root: Path, *, as_user: bool = False, attempts: int = 3) -> Seaweed:
     """Start ``weed mini`` with its data under ``root`` and wait until it stores objects.
+
+    ``as_user``: started as its own help says a user starts it, with its defaults (admin
+    UI, buckets created on first write) and no identities file: ``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY`` in its environment make its one user (here ``ADMIN``), and
+    ``S3_BUCKET`` (``backups``) a bucket; only the address and ports are ours.
 
     Raises RuntimeError (with the end of its log) if it does not come up: a port taken
     between choosing and binding is tried again with other ports."""
@@ -289,7 +304,11 @@ def start(root: Path, *, attempts: int = 3) -> Seaweed:
         data = root / f"data{attempt}"
         data.mkdir()
         log = root / f"weed{attempt}.log"
-        args, s3_port, leftovers = _command(weed, root, data, sockets)
+        args, s3_port, leftovers = _command(weed, root, data, sockets, as_user)
+        env = {**os.environ, "TMPDIR": str(sockets)}
+        if as_user:
+            env.update(AWS_ACCESS_KEY_ID=ADMIN[0], AWS_SECRET_ACCESS_KEY=ADMIN[1])
+            env["S3_BUCKET"] = "backups"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 args,
@@ -297,7 +316,7 @@ def start(root: Path, *, attempts: int = 3) -> Seaweed:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=root,
-                env={**os.environ, "TMPDIR": str(sockets)},
+                env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )

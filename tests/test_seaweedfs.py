@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import seaweed
 from botocore.exceptions import ClientError
 from seaweed import LAPTOP, Seaweed
 from treeutil import assert_same_tree, make_awkward_tree, snapshot
@@ -244,6 +245,45 @@ def test_cli_life_of_a_repository_on_seaweedfs(
     cli("verify", "--repo", url, env=env, check=0)
 
 
+def test_cli_on_seaweedfs_started_as_a_user_starts_it(
+    cli: Any, keyring: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``weed mini`` with its defaults and its user from the environment (not the suite's
+    identities file): the repository's life goes the same way."""
+    store = seaweed.start(tmp_path / "weed", as_user=True)
+    try:
+        for name in seaweed.UNSET:
+            monkeypatch.delenv(name, raising=False)
+        env = {**store.env(), "GNUPGHOME": keyring.home}
+        url, replica = "s3://backups/laptop", "s3://backups/replica"
+        src = tmp_path / "src"
+        make_tree(src, files=30)
+        cli("init", "--repo", url, "--key", keyring.fingerprint, env=env, check=0)
+        backup_killed_midway(store, "backups", "laptop", src, env)
+        cli("backup", "--repo", url, "--pack-size", "512K", str(src), env=env, check=0)
+        out = tmp_path / "out"
+        cli("restore", "--repo", url, "--to", str(out), env=env, check=0)
+        assert_same_tree(snapshot(src), snapshot(out))
+        quick = summary(cli("verify", "--repo", url, "--json", env=env, check=0).out)
+        assert quick["by_store_checksum"] == quick["commits"]
+        cli("verify", "--repo", url, "--deep", env=env, check=0)
+        cli("sync", "--from", url, "--to", replica, env=env, check=0)
+        s3 = store.client()
+        victim = store.keys("backups", "laptop/data/")[1]
+        body = bytearray(s3.get_object(Bucket="backups", Key=victim)["Body"].read())
+        body[-1] ^= 0x80
+        s3.put_object(Bucket="backups", Key=victim, Body=bytes(body))  # botocore's CRC32
+        text = cli("verify", "--repo", url, env=env, check=0).out
+        assert "1 data object(s) the store keeps no SHA-256 for" in text
+        cli("verify", "--repo", url, "--deep", env=env, check=1)
+        mesh = tmp_path / "mesh"
+        cli("restore", "--repo", url, "--repo", replica, "--to", str(mesh), env=env, check=0)
+        assert_same_tree(snapshot(src), snapshot(mesh))
+    finally:
+        store.stop()
+    assert not store.alive()
+
+
 def test_gc_on_a_versioned_bucket_leaves_no_version_behind(
     cli: Any, keyring: Any, seaweedfs: Seaweed, seaweed_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -313,6 +353,12 @@ def test_a_laptop_that_cannot_delete_backs_up_and_its_gc_fails_cleanly(
     refused = cli("gc", "--repo", url, "--cap", "1", env=laptop)
     assert "the store refused to delete" in refused.err and "AccessDenied" in refused.err
     assert "Traceback" not in refused.err
+    # Without a cap gc only deletes what its records already declare removed: refused,
+    # that is all it had to do, so it fails (one line, exit 1) and changes nothing.
+    again = cli("gc", "--repo", url, "--json", env=laptop)
+    assert again.code == 1, again
+    assert summary(again.out)["delete_refused"] is True
+    assert summary(again.out)["fits"] is True
     after = sorted(seaweedfs.keys(bucket, "laptop/"))
     assert set(before) <= set(after), "a laptop without delete rights deleted something"
     # The trusted machine's gc deletes what the laptop's could not; the repository stays whole.

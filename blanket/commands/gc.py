@@ -91,8 +91,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
         kept_versions=result.kept_versions,
         bytes_downloaded=result.bytes_downloaded,
         bytes_added=result.bytes_added,
+        delete_refused=result.delete_refused,
     )
-    return EXIT_OK if plan.fits else EXIT_FATAL
+    # A gc that could not delete did not do its job: cron and monitoring must see it.
+    return EXIT_OK if plan.fits and not result.delete_refused else EXIT_FATAL
 
 
 def _history_line(result: GcResult, *, dry_run: bool) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from blanket import indexfmt
+from blanket import gpgkeys, indexfmt
 from blanket.backends.base import Backend
 from blanket.chain import index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
@@ -43,6 +43,7 @@ from blanket.state import LocalState
 
 CONFIG_KEY = "config"
 CONFIG_MAGIC = "blanket-repository 1"
+CONFIG_MAGIC_KEYS = "blanket-repository 2"  # separate signing key and recipients
 
 
 def data_key(seq: int, sha256: str) -> str:
@@ -51,43 +52,115 @@ def data_key(seq: int, sha256: str) -> str:
 
 @dataclass(frozen=True)
 class RepoConfig:
+    """The ``config`` object (docs/format.md). ``fingerprint`` is the signing key; with
+    ``recipients`` (a ``blanket-repository 2`` config) packs are encrypted to those and
+    indexes also to ``metadata``; without, to ``fingerprint`` alone (``init --key``)."""
+
     id: str
     mode: str
     fingerprint: str
     created: int
+    recipients: tuple[str, ...] = ()
+    metadata: tuple[str, ...] = ()
+    sign_pubkey: str = ""  # the signing key's armored public key (separate keys only)
+
+    @property
+    def separate(self) -> bool:
+        """Signing and encryption keys separate (write-only backups)."""
+        return bool(self.recipients)
+
+    def keyspec(self, passphrase: str | None = None) -> KeySpec:
+        return KeySpec(self.mode, self.fingerprint, passphrase, self.recipients, self.metadata)
 
     def render(self) -> bytes:
+        if not self.separate:
+            return (
+                f"{CONFIG_MAGIC}\nid: {self.id}\nmode: {self.mode}\n"
+                f"key: {self.fingerprint or '-'}\ncreated: {self.created}\n"
+            ).encode("ascii")
         return (
-            f"{CONFIG_MAGIC}\nid: {self.id}\nmode: {self.mode}\n"
-            f"key: {self.fingerprint or '-'}\ncreated: {self.created}\n"
+            f"{CONFIG_MAGIC_KEYS}\nid: {self.id}\nmode: {self.mode}\n"
+            f"sign-key: {self.fingerprint}\nencrypt-to: {' '.join(self.recipients)}\n"
+            f"metadata-key: {' '.join(self.metadata) or 'none'}\ncreated: {self.created}\n"
+            f"\n{self.sign_pubkey}"
         ).encode("ascii")
 
     @classmethod
     def parse(cls, data: bytes) -> RepoConfig:
-        lines = data.decode("ascii").splitlines()
-        if not lines or lines[0] != CONFIG_MAGIC:
+        head, _, pubkey = data.decode("ascii").partition("\n\n")
+        lines = head.splitlines()
+        if not lines or lines[0] not in (CONFIG_MAGIC, CONFIG_MAGIC_KEYS):
             raise IntegrityError("the repository config is not a blanket config")
         f = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        key = f.get("key", "-")
-        return cls(f["id"], f["mode"], "" if key == "-" else key, int(f["created"]))
+        if lines[0] == CONFIG_MAGIC:
+            key = f.get("key", "-")
+            return cls(f["id"], f["mode"], "" if key == "-" else key, int(f["created"]))
+        meta = f.get("metadata-key", "none")
+        config = cls(
+            f["id"],
+            f["mode"],
+            f["sign-key"],
+            int(f["created"]),
+            tuple(f["encrypt-to"].split()),
+            () if meta == "none" else tuple(meta.split()),
+            pubkey,
+        )
+        if not config.recipients or config.mode != PUBKEY:
+            raise IntegrityError("the repository config names no recipients")
+        return config
 
 
 def init_repository(
-    backend: Backend, gnupghome: str | None, key: KeySpec, *, now: int
+    backend: Backend,
+    gnupghome: str | None,
+    key: KeySpec,
+    *,
+    now: int,
+    metadata: str | None = None,
 ) -> RepoConfig:
-    """Create a repository on an empty store; refuse a store that already holds one."""
+    """Create a repository on an empty store; refuse a store that already holds one.
+
+    ``key.recipients`` set: separate keys; ``metadata`` names the metadata key
+    (``"none"``: none; omitted: the signing key, if it can encrypt)."""
     if key.mode == PUBKEY:
-        key = KeySpec(PUBKEY, find_secret_key(gnupghome, key.fingerprint), key.passphrase)
-    config = RepoConfig(uuid.uuid4().hex, key.mode, key.fingerprint, now)
+        sign = gpgkeys.signing_key(gnupghome, key.fingerprint)
+        recipients = tuple(
+            dict.fromkeys(gpgkeys.recipient_key(gnupghome, r) for r in key.recipients)
+        )
+        meta = _metadata_key(gnupghome, sign, metadata) if recipients else ()
+        key = KeySpec(PUBKEY, sign, key.passphrase, recipients, meta)
+    elif key.recipients or metadata:
+        raise UsageError("a passphrase repository has no signing key or recipients")
+    pubkey = gpgkeys.export_public(gnupghome, key.fingerprint) if key.recipients else ""
+    config = RepoConfig(
+        uuid.uuid4().hex, key.mode, key.fingerprint, now, key.recipients, key.metadata, pubkey
+    )
     gpg = Gpg(gnupghome, key)
+    blob = (
+        gpg.sign_bytes(config.render()) if config.separate else gpg.encrypt_bytes(config.render())
+    )
     backend.create()
     try:
-        backend.put(CONFIG_KEY, gpg.encrypt_bytes(config.render()), if_absent=True)
+        backend.put(CONFIG_KEY, blob, if_absent=True)
     except AlreadyExists:
         raise BlanketError(
             f"{backend.describe()} already holds a blanket repository; use it or pick another URL"
         ) from None
     return config
+
+
+def _metadata_key(gnupghome: str | None, sign: str, metadata: str | None) -> tuple[str, ...]:
+    if metadata and metadata.lower() == "none":
+        return ()
+    if metadata:
+        return (gpgkeys.recipient_key(gnupghome, metadata),)
+    if gpgkeys.can_encrypt(gnupghome, sign):
+        return (sign,)
+    raise UsageError(
+        f"the signing key {sign} cannot encrypt, so it cannot be the metadata key; pass "
+        "--metadata-key FPR (a key kept on this machine) or --metadata-key none "
+        "(indexes from the local cache only; docs/decisions.md)"
+    )
 
 
 class Repository:
@@ -101,6 +174,7 @@ class Repository:
         self.headers: list[IndexHeader] = []
         self.by_seq: dict[int, IndexHeader] = {}
         self.problems: list[tuple[str, str]] = []
+        self.gnupghome: str | None = None
 
     @classmethod
     def open(
@@ -120,7 +194,16 @@ class Repository:
             raise RepositoryMissing(_missing(backend)) from None
         probe = Gpg(gnupghome, KeySpec(SYMMETRIC if passphrase else PUBKEY, "", passphrase))
         data, result = probe.decrypt_unchecked(blob)
-        if not result.ok:
+        signed_only = _signed_only(result)
+        if signed_only:
+            config = RepoConfig.parse(data)
+            if not config.separate:
+                raise IntegrityError("the repository config is signed but not encrypted")
+            if "NO_PUBKEY" in str(result.stderr) and gpgkeys.import_public(
+                gnupghome, config.sign_pubkey, config.fingerprint
+            ):
+                data, result = probe.decrypt_unchecked(blob)  # check it with the key now
+        elif not result.ok:
             hint = (
                 "check --passphrase-file"
                 if passphrase
@@ -129,14 +212,33 @@ class Repository:
             )
             raise WrongKey(f"cannot open the repository at {backend.describe()}: {hint}")
         config = RepoConfig.parse(data)
-        if config.mode == PUBKEY:
+        if config.mode == PUBKEY and not config.separate:
             find_secret_key(gnupghome, config.fingerprint)
-        elif not passphrase:
+        elif config.mode == SYMMETRIC and not passphrase:
             raise WrongKey("this repository is protected by a passphrase; pass --passphrase-file")
-        gpg = Gpg(gnupghome, KeySpec(config.mode, config.fingerprint, passphrase))
-        gpg.check(result, "the repository config")
+        gpg = Gpg(gnupghome, config.keyspec(passphrase))
+        gpg.check(result, "the repository config", signed_only=signed_only)
         repo = cls(backend, gpg, config, LocalState(config.id, state_root))
+        repo.gnupghome = gnupghome
         return repo
+
+    def require_signing(self) -> None:
+        """Raise ``WrongKey`` (one line) unless this keyring can sign commits."""
+        if self.config.mode == PUBKEY:
+            gpgkeys.signing_key(self.gnupghome, self.gpg.key.fingerprint)
+
+    def require_content_key(self, what: str) -> None:
+        """Raise ``WrongKey`` unless this keyring holds the secret key of a recipient of
+        the packs (``what`` needs to read their content: restore, cat, deep verify...)."""
+        if not self.config.separate:
+            return
+        recipients = self.gpg.key.content_recipients
+        if not gpgkeys.decrypting(self.gnupghome, recipients):
+            raise WrongKey(
+                f"{what} needs the secret key of one of the repository's recipients "
+                f"({', '.join(r[-16:] for r in recipients)}); this keyring holds none: "
+                "import the recovery key or pass --gnupghome"
+            )
 
     # --- the chain -------------------------------------------------------------------
 
@@ -350,6 +452,13 @@ def _with_data(h: IndexHeader, seq: int, prev: str, dkey: str, sealed: SealedPac
         data_sha256=sealed.sha256,
         frames=sealed.frames,
     )
+
+
+def _signed_only(result: Any) -> bool:
+    """A gpg message that was signed but not encrypted (it has a plaintext and no
+    encryption layer)."""
+    status = str(result.stderr)
+    return "[GNUPG:] PLAINTEXT" in status and "[GNUPG:] BEGIN_DECRYPTION" not in status
 
 
 def _missing(backend: Backend) -> str:

@@ -138,11 +138,6 @@ def recipient_key(gnupghome: str | None, key_id: str) -> str:
     return key.fingerprint
 
 
-def can_encrypt(gnupghome: str | None, fingerprint: str) -> bool:
-    key = find(gnupghome, fingerprint, secret=False)
-    return key is not None and key.can("e")
-
-
 def decrypting(gnupghome: str | None, fingerprints: tuple[str, ...]) -> list[str]:
     """Those of ``fingerprints`` whose secret encryption (sub)key is in the keyring."""
     held = {k.fingerprint: k for k in listing(gnupghome, secret=True)}

@@ -154,10 +154,11 @@ def _metadata_key(gnupghome: str | None, sign: str, metadata: str | None) -> tup
         return ()
     if metadata:
         return (gpgkeys.recipient_key(gnupghome, metadata),)
-    if gpgkeys.can_encrypt(gnupghome, sign):
+    if gpgkeys.decrypting(gnupghome, (sign,)):  # it can encrypt, and decrypt here
         return (sign,)
     raise UsageError(
-        f"the signing key {sign} cannot encrypt, so it cannot be the metadata key; pass "
+        f"the signing key {sign} has no encryption subkey whose secret is on this machine, "
+        "so it cannot be the metadata key; pass "
         "--metadata-key FPR (a key kept on this machine) or --metadata-key none "
         "(indexes from the local cache only; docs/decisions.md)"
     )

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import gnupg
 
-from blanket.errors import CryptoError, IntegrityError, UsageError, WrongKey
+from blanket.errors import BlanketError, CryptoError, IntegrityError, UsageError, WrongKey
 from blanket.pump import Pump
 
 PUBKEY = "pubkey"
@@ -267,8 +267,12 @@ class Gpg:
                 raise IntegrityError(f"{what} failed its integrity check")
             return
         validsigs = [s for s in status if s.startswith("VALIDSIG ")]
-        bad = [s for s in status if s.startswith(("BADSIG", "ERRSIG", "EXPKEYSIG", "REVKEYSIG"))]
-        if bad or len(validsigs) != 1 or not result.valid:
+        # a signature made by a key that has expired or been revoked since still counts
+        # (EXPKEYSIG, REVKEYSIG with VALIDSIG): old backups stay restorable; writing
+        # refuses such a key (blanket.gpgkeys), and a rotation names the key in force
+        bad = [s for s in status if s.startswith(("BADSIG", "ERRSIG", "EXPSIG"))]
+        late = any(s.startswith(("EXPKEYSIG", "REVKEYSIG")) for s in status)
+        if bad or len(validsigs) != 1 or not (result.valid or late):
             raise IntegrityError(
                 f"{what} is not validly signed ({result.status or 'no signature'})"
             )
@@ -373,7 +377,7 @@ class EncryptProcess:
         try:
             self._pump.put(data)
         except OSError as exc:
-            raise CryptoError(f"gpg stopped while encrypting: {self._reason(exc)}") from None
+            raise self._failure(exc) from None
 
     def finish(self) -> None:
         assert self._proc.stdin is not None
@@ -381,7 +385,7 @@ class EncryptProcess:
             self._pump.close()
         except OSError as exc:
             self.abort()
-            raise CryptoError(f"gpg stopped while encrypting: {self._reason(exc)}") from None
+            raise self._failure(exc) from None
         try:
             self._proc.stdin.close()
         except BrokenPipeError:
@@ -397,12 +401,18 @@ class EncryptProcess:
             _raise_key_trouble(text, self._key)
             raise CryptoError(f"gpg could not encrypt: {_last_message(text, code)}")
 
-    def _reason(self, exc: OSError) -> str:
+    def _failure(self, exc: OSError) -> BlanketError:
+        """Why gpg stopped reading: a key problem (``WrongKey``) or another."""
         if self._status.closed:
-            return exc.strerror or str(exc)
+            return CryptoError(f"gpg stopped while encrypting: {exc.strerror or exc}")
         code = self._proc.wait()
         self._status.seek(0)
-        return _last_message(self._status.read().decode("utf-8", "replace"), code)
+        text = self._status.read().decode("utf-8", "replace")
+        try:
+            _raise_key_trouble(text, self._key)
+        except WrongKey as wrong:
+            return wrong
+        return CryptoError(f"gpg stopped while encrypting: {_last_message(text, code)}")
 
     def abort(self) -> None:
         self._pump.abandon()

@@ -47,11 +47,14 @@ class Key:
         """'expired', 'revoked'... or '' for a key in force."""
         return _DEAD.get(self.primary.validity, "")
 
-    def can(self, cap: str, *, secret: bool = False) -> bool:
-        if self.dead:
+    def can(self, cap: str, *, secret: bool = False, alive: bool = True) -> bool:
+        """Whether a part has capability ``cap`` (and its secret, with ``secret``); with
+        ``alive`` only parts neither expired nor revoked count (to write; an old key's
+        secret still decrypts what was written for it)."""
+        if alive and self.dead:
             return False
         return any(
-            cap in p.caps and p.validity not in _DEAD and (p.secret or not secret)
+            cap in p.caps and (p.validity not in _DEAD or not alive) and (p.secret or not secret)
             for p in (self.primary, *self.subkeys)
         )
 
@@ -141,7 +144,7 @@ def recipient_key(gnupghome: str | None, key_id: str) -> str:
 def decrypting(gnupghome: str | None, fingerprints: tuple[str, ...]) -> list[str]:
     """Those of ``fingerprints`` whose secret encryption (sub)key is in the keyring."""
     held = {k.fingerprint: k for k in listing(gnupghome, secret=True)}
-    return [f for f in fingerprints if f in held and held[f].can("e", secret=True)]
+    return [f for f in fingerprints if f in held and held[f].can("e", secret=True, alive=False)]
 
 
 def export_public(gnupghome: str | None, fingerprint: str) -> str:

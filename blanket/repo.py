@@ -224,9 +224,12 @@ class Repository:
         return repo
 
     def require_signing(self) -> None:
-        """Raise ``WrongKey`` (one line) unless this keyring can sign commits."""
+        """Raise ``WrongKey`` (one line) unless this keyring can sign commits and encrypt
+        to every recipient in force (none expired, revoked or missing)."""
         if self.config.mode == PUBKEY:
             gpgkeys.signing_key(self.gnupghome, self.gpg.key.fingerprint)
+            for fpr in self.gpg.key.metadata_recipients:
+                gpgkeys.recipient_key(self.gnupghome, fpr)
 
     def require_content_key(self, what: str) -> None:
         """Raise ``WrongKey`` unless this keyring holds the secret key of a recipient of

@@ -8,16 +8,14 @@ recovery secret (not even the signing public key: the repository supplies it).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from keyutil import decrypts, gpg, kill_agent, make_tree, new_home
 from treeutil import assert_same_tree, snapshot
 
 from blanket.crypto import generate_key
@@ -33,25 +31,6 @@ class Keys:
     family: str
 
 
-def gpg(home: str, *args: str, data: bytes | None = None, check: bool = True) -> bytes:
-    proc = subprocess.run(
-        ["gpg", "--batch", "--homedir", home, *args], input=data, capture_output=True, check=False
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout
-
-
-def new_home(prefix: str) -> str:
-    home = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: gpg-agent's socket path
-    os.chmod(home, 0o700)
-    return home
-
-
-def kill_agent(home: str) -> None:
-    subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
-
-
 @pytest.fixture(scope="session")
 def keys() -> Iterator[Keys]:
     vault, laptop, recovery = new_home("bkv"), new_home("bkl"), new_home("bkr")
@@ -65,24 +44,6 @@ def keys() -> Iterator[Keys]:
     for home in (vault, laptop, recovery):
         kill_agent(home)
         shutil.rmtree(home, ignore_errors=True)
-
-
-def make_tree(root: Path, files: int = 12, size: int = 30_000, seed: int = 0) -> None:
-    for i in range(files):
-        d = root / f"d{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i}.bin").write_bytes(os.urandom(size) if i % 2 else bytes([seed + i]) * size)
-    (root / "secret.txt").write_bytes(b"the password is swordfish\n")
-
-
-def decrypts(home: str, path: Path) -> bool:
-    """Whether gpg with keyring ``home`` decrypts the object (whatever its signature)."""
-    proc = subprocess.run(
-        ["gpg", "--batch", "--status-fd", "2", "--homedir", home, "--decrypt", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    return b"[GNUPG:] DECRYPTION_OKAY" in proc.stderr
 
 
 def store_objects(repo: Path, prefix: str) -> list[Path]:

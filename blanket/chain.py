@@ -79,7 +79,7 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
             plain = repo.state.index_path(seq).read_bytes()
             return parse_checked(repo, seq, plain), plain
         try:
-            plain = repo.gpg.decrypt_bytes(cipher, key)
+            plain = repo.gpg.decrypt_bytes(cipher, key, signer=repo.signer_for(seq))
             header = parse_checked(repo, seq, plain, entries=True)
         except WrongKey:
             raise

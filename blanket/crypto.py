@@ -127,6 +127,9 @@ class Gpg:
     def __init__(self, gnupghome: str | None, key: KeySpec) -> None:
         self.key = key
         self._gpg = _gpg(gnupghome)
+        # the signing keys whose signatures count where no one key is asked for (packs,
+        # records): every key the repository's rotations name (blanket.keyhistory)
+        self.accepted: tuple[str, ...] = (key.fingerprint.upper(),)
 
     @property
     def raw(self) -> Any:
@@ -233,16 +236,16 @@ class Gpg:
         result = self._gpg.decrypt(data, passphrase=self.key.passphrase, always_trust=True)
         return bytes(result.data), result
 
-    def decrypt_bytes(self, data: bytes, what: str) -> bytes:
+    def decrypt_bytes(self, data: bytes, what: str, *, signer: str | None = None) -> bytes:
         result = self._gpg.decrypt(data, passphrase=self.key.passphrase, always_trust=True)
-        self.check(result, what)
+        self.check(result, what, signer=signer)
         return bytes(result.data)
 
     def check(
         self, result: Any, what: str, *, signer: str | None = None, signed_only: bool = False
     ) -> None:
         """Judge a decrypt: raise unless it decrypted and (public-key mode) carries one
-        valid signature by ``signer`` (default: the repository's signing key).
+        valid signature by ``signer`` (default: any key in ``accepted``).
         ``signed_only``: a message that was signed but never encrypted."""
         status = _status_lines(result)
         if signed_only:
@@ -276,9 +279,9 @@ class Gpg:
             raise IntegrityError(
                 f"{what} is not validly signed ({result.status or 'no signature'})"
             )
-        want = (signer or self.key.fingerprint).upper()
+        wanted = (signer.upper(),) if signer else self.accepted
         primary = validsigs[0].split()[-1].upper()
-        if primary != want or str(result.pubkey_fingerprint or "").upper() != want:
+        if primary not in wanted or str(result.pubkey_fingerprint or "").upper() != primary:
             raise IntegrityError(f"{what} is signed by key {primary}, not the repository's key")
 
 

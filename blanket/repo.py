@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from blanket import gpgkeys, indexfmt
+from blanket import gpgkeys, indexfmt, keyhistory
 from blanket.backends.base import Backend
 from blanket.chain import index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
@@ -71,6 +71,13 @@ class RepoConfig:
 
     def keyspec(self, passphrase: str | None = None) -> KeySpec:
         return KeySpec(self.mode, self.fingerprint, passphrase, self.recipients, self.metadata)
+
+    def epoch(self, sha256: str) -> keyhistory.Epoch:
+        """The keys the config puts in force from commit 0 (epoch 0 of the rotations)."""
+        return keyhistory.Epoch(
+            0, 0, self.fingerprint, self.recipients, self.metadata, self.created,
+            self.sign_pubkey, sha256,
+        )  # fmt: skip
 
     def render(self) -> bytes:
         if not self.separate:
@@ -176,6 +183,7 @@ class Repository:
         self.by_seq: dict[int, IndexHeader] = {}
         self.problems: list[tuple[str, str]] = []
         self.gnupghome: str | None = None
+        self.epochs: list[keyhistory.Epoch] = []
 
     @classmethod
     def open(
@@ -219,9 +227,19 @@ class Repository:
             raise WrongKey("this repository is protected by a passphrase; pass --passphrase-file")
         gpg = Gpg(gnupghome, config.keyspec(passphrase))
         gpg.check(result, "the repository config", signed_only=signed_only)
+        epochs = [config.epoch(hashlib.sha256(blob).hexdigest())]
+        if config.mode == PUBKEY:
+            epochs = keyhistory.load(backend, gpg, gnupghome, config.id, epochs[0])
+            gpg = Gpg(gnupghome, epochs[-1].keyspec(config.mode, passphrase))
+            gpg.accepted = tuple(dict.fromkeys(e.sign for e in epochs))
         repo = cls(backend, gpg, config, LocalState(config.id, state_root))
         repo.gnupghome = gnupghome
+        repo.epochs = epochs
         return repo
+
+    def signer_for(self, seq: int) -> str:
+        """The signing key commit ``seq`` must carry (the rotations in force)."""
+        return keyhistory.signer_for(self.epochs, seq)
 
     def require_signing(self) -> None:
         """Raise ``WrongKey`` (one line) unless this keyring can sign commits and encrypt
@@ -234,9 +252,9 @@ class Repository:
     def require_content_key(self, what: str) -> None:
         """Raise ``WrongKey`` unless this keyring holds the secret key of a recipient of
         the packs (``what`` needs to read their content: restore, cat, deep verify...)."""
-        if not self.config.separate:
+        if self.config.mode != PUBKEY:
             return
-        recipients = self.gpg.key.content_recipients
+        recipients = tuple(dict.fromkeys(r for e in self.epochs for r in e.readers))
         if not gpgkeys.decrypting(self.gnupghome, recipients):
             raise WrongKey(
                 f"{what} needs the secret key of one of the repository's recipients "

@@ -8,7 +8,9 @@ recovery secret (not even the signing public key: the repository supplies it).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,3 +201,102 @@ def test_one_key_repositories_work_as_before(cli: Any, keyring: Any, tmp_path: P
     cli("backup", "--repo", repo, str(src), check=0)
     cli("restore", "--repo", repo, "--to", str(tmp_path / "out"), check=0)
     assert_same_tree(snapshot(src, with_root=False), snapshot(tmp_path / "out", with_root=False))
+
+
+@pytest.fixture(scope="module")
+def rotated(keys: Keys) -> Iterator[tuple[str, str, str]]:
+    """A second signing key and a new recipient made in the vault; the laptop gets the
+    new signing secret and the recipient's public key. (new sign, new recipient, mallory)"""
+    sign2 = generate_key(keys.vault, "new laptop signing key")
+    admin = generate_key(keys.vault, "administrator")
+    mallory = generate_key(keys.vault, "mallory")
+    gpg(keys.laptop, "--import", data=gpg(keys.vault, "--export-secret-keys", sign2))
+    gpg(keys.laptop, "--import", data=gpg(keys.vault, "--export", admin))
+    yield sign2, admin, mallory
+
+
+def signer_of(home: str, path: Path) -> str:
+    proc = subprocess.run(
+        ["gpg", "--batch", "--status-fd", "1", "--homedir", home, "--decrypt", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    valid = [ln for ln in proc.stdout.decode().splitlines() if "VALIDSIG" in ln]
+    return valid[0].split()[-1] if valid else ""
+
+
+def test_rotation_takes_effect_from_the_next_commit_and_forgeries_are_refused(
+    cli: Any, keys: Keys, rotated: tuple[str, str, str], tmp_path: Path
+) -> None:
+    sign2, admin, mallory = rotated
+    src, repo = tmp_path / "src", str(tmp_path / "repo")
+    make_tree(src, files=6)
+    lap = ["--gnupghome", keys.laptop]
+    init_separate(cli, keys, repo)
+    cli("backup", "--repo", repo, *lap, str(src), check=0)
+    # the laptop is replaced: a new signing key, and the family member hands over to an
+    # administrator (the recovery key stays)
+    run = cli("keys", "rotate", "--repo", repo, *lap, "--sign-key", sign2,
+              "--encrypt-to", keys.recovery_fpr, "--encrypt-to", admin, check=0)  # fmt: skip
+    assert "from commit 1 on" in run.out
+    (src / "after.txt").write_bytes(b"written after the rotation")
+    (src / "d1" / "f1.bin").write_bytes(b"edited after the rotation")
+    cli("backup", "--repo", repo, *lap, str(src), check=0)
+
+    indexes = store_objects(Path(repo), "index")
+    assert [signer_of(keys.vault, p) for p in indexes] == [keys.sign] + [sign2] * (len(indexes) - 1)
+    packs = store_objects(Path(repo), "data")
+    fam = new_home("bkf")
+    try:  # the family key reads the packs written before the rotation, not after
+        gpg(fam, "--import", data=gpg(keys.vault, "--export-secret-keys", keys.family))
+        assert [decrypts(fam, p) for p in packs] == [True] + [False] * (len(packs) - 1)
+    finally:
+        kill_agent(fam)
+        shutil.rmtree(fam, ignore_errors=True)
+
+    shown = cli("keys", "--repo", repo, *lap, "--json", check=0).out
+    assert keys.sign in shown and sign2 in shown and admin in shown
+
+    # the recovery key alone, on a new machine, accepts both keys in order
+    env = {"BLANKET_STATE_DIR": str(tmp_path / "state-recovery")}
+    rec = ["--gnupghome", keys.recovery]
+    out = tmp_path / "out"
+    cli("restore", "--repo", repo, *rec, "--to", str(out), env=env, check=0)
+    assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))
+    cli("verify", "--deep", "--repo", repo, *rec, env=env, check=0)
+    listing = cli("keys", "--repo", repo, *rec, env=env, check=0).out
+    assert "read" in listing
+
+    # a rotation signed by a key not in force (mallory's) is refused, and so is one that
+    # puts mallory's key in force but was signed with the old, rotated-out key
+    config_sha = hashlib.sha256((Path(repo) / "config").read_bytes()).hexdigest()
+    real = (Path(repo) / "keys" / "000000000001").read_bytes()
+    second_sha = hashlib.sha256(real).hexdigest()
+    forged = (
+        f"blanket-keys 1\nrepository: {_repo_id(repo, keys)}\nnumber: 2\nfrom-commit: 9\n"
+        f"prev-sha256: {second_sha}\nsign-key: {mallory}\nencrypt-to: {mallory}\n"
+        f"metadata-key: none\ncreated: 1\n\n"
+    ).encode()
+    for signer in (mallory, keys.sign):
+        blob = gpg(keys.vault, "--sign", "--local-user", signer, data=forged)
+        (Path(repo) / "keys" / "000000000002").write_bytes(blob)
+        for home, env_ in ((keys.laptop, {}), (keys.recovery, env)):
+            run = cli("restore", "--repo", repo, "--gnupghome", home, "--to",
+                      str(tmp_path / "x"), env=env_)  # fmt: skip
+            assert run.code == 1 and "forged" in run.err, run
+            assert len(run.err.strip().splitlines()) == 1
+    (Path(repo) / "keys" / "000000000002").unlink()
+    # dropping the real rotation makes every later commit count as forged on a machine
+    # that checks the indexes again
+    (Path(repo) / "keys" / "000000000001").unlink()
+    env2 = {"BLANKET_STATE_DIR": str(tmp_path / "state-other")}
+    run = cli("verify", "--repo", repo, *rec, env=env2)
+    assert run.code != 0 and "not the repository's key" in run.out + run.err
+    assert config_sha  # the config itself was never touched
+    (Path(repo) / "keys" / "000000000001").write_bytes(real)
+    cli("verify", "--repo", repo, *rec, env=env2, check=0)
+
+
+def _repo_id(repo: str, keys: Keys) -> str:
+    text = gpg(keys.laptop, "--decrypt", str(Path(repo) / "config"), check=False).decode()
+    return next(ln.split(": ")[1] for ln in text.splitlines() if ln.startswith("id: "))

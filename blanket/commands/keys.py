@@ -1,0 +1,79 @@
+"""``blanket keys``: the repository's keys and their history (``show``), or a rotation
+(``rotate``: a new signing key or recipient set from the next commit on)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from blanket.commands.common import open_repo
+from blanket.errors import EXIT_OK
+from blanket.ui import Output
+from blanket.units import show_time
+
+HELP = "show the keys and their rotations, or rotate them (keys rotate --sign-key ...)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["show", "rotate"], default="show")
+    p.add_argument("--sign-key", help="rotate: the new signing key (its secret here)")
+    p.add_argument(
+        "--encrypt-to",
+        action="append",
+        metavar="FPR",
+        help="rotate: the new recipients of the packs (repeat for several)",
+    )
+    p.add_argument(
+        "--metadata-key", metavar="FPR|none", help="rotate: the new metadata key, or none"
+    )
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    repo = open_repo(args)
+    if args.action == "rotate":
+        from blanket.rotate import Change, rotate_keys
+
+        change = Change(
+            args.sign_key,
+            tuple(args.encrypt_to) if args.encrypt_to else None,
+            args.metadata_key,
+        )
+        epoch = rotate_keys(repo, change, now=time.time_ns())
+        out.summary(
+            f"from commit {epoch.from_seq} on: signing key {epoch.sign}, packs encrypted to "
+            f"{', '.join(epoch.readers)}, indexes also to "
+            f"{', '.join(epoch.metadata) or 'no metadata key'} (rotation {epoch.number}, "
+            "signed by the key before)",
+            rotation=epoch.number,
+            from_commit=epoch.from_seq,
+            sign_key=epoch.sign,
+            encrypt_to=list(epoch.readers),
+            metadata_key=list(epoch.metadata),
+        )
+        return EXIT_OK
+    if repo.config.mode != "pubkey":
+        out.line("this repository is protected by a passphrase: it has no keys")
+        return EXIT_OK
+    from blanket import gpgkeys
+
+    home = repo.gnupghome
+    rows = []
+    for e in repo.epochs:
+        signs_here = bool([k for k in gpgkeys.listing(home, secret=True) if k.names(e.sign)])
+        reads_here = gpgkeys.decrypting(home, e.readers)
+        rows.append(
+            {
+                "rotation": e.number,
+                "from_commit": e.from_seq,
+                "created": show_time(e.created),
+                "sign_key": e.sign,
+                "encrypt_to": list(e.readers) if out.json else " ".join(e.readers),
+                "metadata_key": list(e.metadata) if out.json else " ".join(e.metadata) or "none",
+                "here": ("sign " if signs_here else "")
+                + ("read" if reads_here else "")
+                + ("" if signs_here or reads_here else "-"),
+            }
+        )
+    columns = ["rotation", "from_commit", "created", "sign_key", "encrypt_to", "metadata_key"]
+    out.table(rows, [*columns, "here"])
+    return EXIT_OK

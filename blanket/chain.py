@@ -82,7 +82,13 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
             plain = repo.gpg.decrypt_bytes(cipher, key, signer=repo.signer_for(seq))
             header = parse_checked(repo, seq, plain, entries=True)
         except WrongKey:
-            raise
+            if not repo.config.separate:
+                raise
+            raise WrongKey(
+                f"cannot read {key}: this machine's index cache lacks it and this keyring "
+                "holds neither the metadata key nor a recipient's key; restore the cache "
+                f"({repo.state.dir}) or import the metadata key (docs/guide.md)"
+            ) from None
         except BlanketError as exc:
             reasons.append(f"{exc} on {backend.describe()}")
             continue

@@ -128,7 +128,8 @@ def init_repository(
     """Create a repository on an empty store; refuse a store that already holds one.
 
     ``key.recipients`` set: separate keys; ``metadata`` names the metadata key
-    (``"none"``: none; omitted: the signing key, if it can encrypt)."""
+    (``"none"``: none; omitted: the signing key if its encryption secret is here, else
+    none)."""
     if key.mode == PUBKEY:
         sign = gpgkeys.signing_key(gnupghome, key.fingerprint)
         recipients = tuple(
@@ -163,12 +164,7 @@ def _metadata_key(gnupghome: str | None, sign: str, metadata: str | None) -> tup
         return (gpgkeys.recipient_key(gnupghome, metadata),)
     if gpgkeys.decrypting(gnupghome, (sign,)):  # it can encrypt, and decrypt here
         return (sign,)
-    raise UsageError(
-        f"the signing key {sign} has no encryption subkey whose secret is on this machine, "
-        "so it cannot be the metadata key; pass "
-        "--metadata-key FPR (a key kept on this machine) or --metadata-key none "
-        "(indexes from the local cache only; docs/decisions.md)"
-    )
+    return ()  # a signing key that cannot decrypt here: the local cache only
 
 
 class Repository:

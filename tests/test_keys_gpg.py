@@ -176,12 +176,10 @@ def test_signing_and_encryption_subkeys_of_one_primary_key(cli: Any, tmp_path: P
         src, repo = tmp_path / "src", str(tmp_path / "repo")
         make_tree(src, files=4)
         env = {"GNUPGHOME": laptop}
-        # the signing key cannot decrypt here, so it cannot be the metadata key by default
+        # the signing key cannot decrypt here, so there is no metadata key by default
         run = cli("init", "--repo", repo, "--sign-key", sign_sub, "--encrypt-to", encr_sub,
-                  env=env)  # fmt: skip
-        one_line(run, 2, "--metadata-key")
-        cli("init", "--repo", repo, "--sign-key", sign_sub, "--encrypt-to", encr_sub,
-            "--metadata-key", "none", env=env, check=0)  # fmt: skip
+                  env=env, check=0)  # fmt: skip
+        assert "no metadata key" in run.out and "local cache only" in run.out
         config = gpg(laptop, "--decrypt", str(Path(repo) / "config")).decode()
         assert f"sign-key: {primary}" in config and f"encrypt-to: {primary}" in config
         cli("backup", "--repo", repo, "--pack-size", "32K", str(src), env=env, check=0)

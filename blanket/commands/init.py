@@ -55,6 +55,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 f"{', '.join(config.recipients)}, indexes also to "
                 f"{', '.join(config.metadata) or 'no metadata key'}"
             )
+            if not config.metadata:
+                out.line(
+                    "note: no metadata key, so this machine reads the indexes from its local "
+                    "cache only; if the cache is lost, backups need the metadata key or a "
+                    "recipient's key (docs/guide.md)"
+                )
         out.summary(
             f"created repository {config.id} at {url} ({config.mode}{keys})",
             repository=config.id,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from keyutil import decrypts, gpg, kill_agent, make_tree, new_home
+from test_manual_recovery import recover
 from treeutil import assert_same_tree, snapshot
 
 from blanket.crypto import generate_key
@@ -254,6 +255,17 @@ def test_rotation_takes_effect_from_the_next_commit_and_forgeries_are_refused(
         kill_agent(fam)
         shutil.rmtree(fam, ignore_errors=True)
 
+    # by hand, with nothing but gpg and the recovery key (docs/format.md's script)
+    bare = new_home("bkh")
+    try:
+        gpg(bare, "--import", data=gpg(keys.vault, "--export-secret-keys", keys.recovery_fpr))
+        tree, proc = recover(tmp_path / "by-hand", repo, bare)
+        assert proc.returncode == 0, proc.stderr
+        assert files_of(tree) == files_of(src)
+    finally:
+        kill_agent(bare)
+        shutil.rmtree(bare, ignore_errors=True)
+
     shown = cli("keys", "--repo", repo, *lap, "--json", check=0).out
     assert keys.sign in shown and sign2 in shown and admin in shown
 
@@ -300,3 +312,9 @@ def test_rotation_takes_effect_from_the_next_commit_and_forgeries_are_refused(
 def _repo_id(repo: str, keys: Keys) -> str:
     text = gpg(keys.laptop, "--decrypt", str(Path(repo) / "config"), check=False).decode()
     return next(ln.split(": ")[1] for ln in text.splitlines() if ln.startswith("id: "))
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

@@ -141,6 +141,15 @@ def recipient_key(gnupghome: str | None, key_id: str) -> str:
     return key.fingerprint
 
 
+def recipient_keys(gnupghome: str | None, fingerprints: tuple[str, ...]) -> None:
+    """Raise ``WrongKey`` unless every one of ``fingerprints`` can be encrypted to (one
+    listing of the keyring for all)."""
+    keys = listing(gnupghome, secret=False)
+    for fpr in fingerprints:
+        if not any(k.fingerprint == fpr and k.can("e") for k in keys):
+            recipient_key(gnupghome, fpr)  # says why, in one line
+
+
 def decrypting(gnupghome: str | None, fingerprints: tuple[str, ...]) -> list[str]:
     """Those of ``fingerprints`` whose secret encryption (sub)key is in the keyring."""
     held = {k.fingerprint: k for k in listing(gnupghome, secret=True)}

@@ -39,7 +39,7 @@ from blanket.indexfmt import IndexHeader
 from blanket.merge import Located, replay
 from blanket.model import LOST, PART, Entry
 from blanket.packer import SealedPack
-from blanket.state import LocalState
+from blanket.state import LocalState, atomic_write
 
 CONFIG_KEY = "config"
 CONFIG_MAGIC = "blanket-repository 1"
@@ -229,6 +229,8 @@ class Repository:
             gpg = Gpg(gnupghome, epochs[-1].keyspec(config.mode, passphrase))
             gpg.accepted = tuple(dict.fromkeys(e.sign for e in epochs))
         repo = cls(backend, gpg, config, LocalState(config.id, state_root))
+        if config.mode == PUBKEY:
+            _pin_signing_key(repo.state, config.fingerprint)
         repo.gnupghome = gnupghome
         repo.epochs = epochs
         return repo
@@ -242,8 +244,7 @@ class Repository:
         to every recipient in force (none expired, revoked or missing)."""
         if self.config.mode == PUBKEY:
             gpgkeys.signing_key(self.gnupghome, self.gpg.key.fingerprint)
-            for fpr in self.gpg.key.metadata_recipients:
-                gpgkeys.recipient_key(self.gnupghome, fpr)
+            gpgkeys.recipient_keys(self.gnupghome, self.gpg.key.metadata_recipients)
 
     def require_content_key(self, what: str) -> None:
         """Raise ``WrongKey`` unless this keyring holds the secret key of a recipient of
@@ -470,6 +471,23 @@ def _with_data(h: IndexHeader, seq: int, prev: str, dkey: str, sealed: SealedPac
         data_sha256=sealed.sha256,
         frames=sealed.frames,
     )
+
+
+def _pin_signing_key(state: LocalState, fingerprint: str) -> None:
+    """Remember the first signing key this machine saw for the repository; a config
+    naming another one under the same id is a forgery (configs are never rewritten)."""
+    pin = state.dir / "signing-key"
+    try:
+        known = pin.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        atomic_write(pin, fingerprint.encode("ascii") + b"\n")
+        return
+    if known and known != fingerprint:
+        raise IntegrityError(
+            f"the repository config names signing key {fingerprint}, but this machine "
+            f"knows the repository as signed by {known}: the config was replaced (forged); "
+            f"if you really re-created it, delete {state.dir}"
+        )
 
 
 def _signed_only(result: Any) -> bool:

@@ -9,6 +9,7 @@ recovery secret (not even the signing public key: the repository supplies it).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -113,6 +114,35 @@ def test_write_only_laptop_backs_up_and_cannot_read_a_pack(
     assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))
     deep = cli("verify", "--deep", "--repo", repo, "--gnupghome", keys.recovery, env=env, check=0)
     assert "no problems" in deep.out
+
+
+def test_write_only_laptop_expires_and_deletes_old_layers(
+    cli: Any, keys: Keys, tmp_path: Path
+) -> None:
+    """gc and the backup pass that refreshes expiring layers read indexes only: on the
+    laptop they mark, refresh and delete old layers without opening a pack."""
+    src, repo = tmp_path / "src", str(tmp_path / "repo")
+    src.mkdir()
+    lap = ["--gnupghome", keys.laptop]
+    init_separate(cli, keys, repo)
+    for i in range(4):  # four layers, each adding a file of 300 KB
+        (src / f"f{i}").write_bytes(os.urandom(300_000))
+        cli("backup", "--repo", repo, *lap, str(src), check=0)
+    marked = cli("gc", "--repo", repo, *lap, "--cap", "1M")  # too small: marks old layers
+    assert "expiring" in marked.out, marked
+    cli("backup", "--repo", repo, *lap, str(src), check=0)  # refreshes them from the disk
+    before = len(store_objects(Path(repo), "data"))
+    done = cli("gc", "--repo", repo, *lap, "--cap", "3M", check=0)
+    assert "deleted layer(s) 0, 1, 2" in done.out, done
+    assert len(store_objects(Path(repo), "data")) < before
+    for pack in store_objects(Path(repo), "data"):
+        assert not decrypts(keys.laptop, pack)
+    cli("verify", "--repo", repo, *lap, check=0)
+    out = tmp_path / "out"
+    env = {"BLANKET_STATE_DIR": str(tmp_path / "state-recovery")}
+    cli("restore", "--repo", repo, "--gnupghome", keys.recovery, "--to", str(out), env=env,
+        check=0)  # fmt: skip
+    assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))
 
 
 def test_no_metadata_key_means_nothing_on_the_store_opens_on_the_laptop(
@@ -298,6 +328,18 @@ def test_rotation_takes_effect_from_the_next_commit_and_forgeries_are_refused(
             assert run.code == 1 and "forged" in run.err, run
             assert len(run.err.strip().splitlines()) == 1
     (Path(repo) / "keys" / "000000000002").unlink()
+    # a whole config replaced by one of mallory's making, under the same id: a machine
+    # that has seen the repository refuses it
+    good_config = (Path(repo) / "config").read_bytes()
+    fake = (
+        f"blanket-repository 2\nid: {_repo_id(repo, keys)}\nmode: pubkey\n"
+        f"sign-key: {mallory}\nencrypt-to: {mallory}\nmetadata-key: none\ncreated: 1\n\n"
+    ).encode() + gpg(keys.vault, "--export", "--armor", mallory)
+    (Path(repo) / "config").write_bytes(gpg(keys.vault, "--sign", "--local-user", mallory,
+                                            data=fake))  # fmt: skip
+    run = cli("ls", "--repo", repo, *rec, env=env)
+    assert run.code == 1 and "forged" in run.err and len(run.err.strip().splitlines()) == 1
+    (Path(repo) / "config").write_bytes(good_config)
     # dropping the real rotation makes every later commit count as forged on a machine
     # that checks the indexes again
     (Path(repo) / "keys" / "000000000001").unlink()

@@ -307,7 +307,7 @@ def test_rotation_takes_effect_from_the_next_commit_and_forgeries_are_refused(
     assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))
     cli("verify", "--deep", "--repo", repo, *rec, env=env, check=0)
     listing = cli("keys", "--repo", repo, *rec, env=env, check=0).out
-    assert "read" in listing
+    assert "content" in listing
 
     # a rotation signed by a key not in force (mallory's) is refused, and so is one that
     # puts mallory's key in force but was signed with the old, rotated-out key

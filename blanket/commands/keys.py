@@ -58,9 +58,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     home = repo.gnupghome
     rows = []
+    secrets = gpgkeys.listing(home, secret=True)
     for e in repo.epochs:
-        signs_here = bool([k for k in gpgkeys.listing(home, secret=True) if k.names(e.sign)])
-        reads_here = gpgkeys.decrypting(home, e.readers)
+        here = [
+            role
+            for role, held in (
+                ("sign", any(k.names(e.sign) and k.can("s", secret=True) for k in secrets)),
+                ("indexes", bool(gpgkeys.decrypting(home, e.metadata))),
+                ("content", bool(gpgkeys.decrypting(home, e.readers))),
+            )
+            if held
+        ]
         rows.append(
             {
                 "rotation": e.number,
@@ -69,9 +77,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 "sign_key": e.sign,
                 "encrypt_to": list(e.readers) if out.json else " ".join(e.readers),
                 "metadata_key": list(e.metadata) if out.json else " ".join(e.metadata) or "none",
-                "here": ("sign " if signs_here else "")
-                + ("read" if reads_here else "")
-                + ("" if signs_here or reads_here else "-"),
+                "here": here if out.json else ",".join(here) or "-",
             }
         )
     columns = ["rotation", "from_commit", "created", "sign_key", "encrypt_to", "metadata_key"]

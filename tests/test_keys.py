@@ -193,7 +193,8 @@ def test_config_file_profile_names_the_keys(cli: Any, keys: Keys, tmp_path: Path
     repo = tmp_path / "repo"
     conf = tmp_path / "config.toml"
     conf.write_text(
-        f'default = "laptop"\n[profiles.laptop]\nrepository = "{repo}"\n'
+        f'default = "laptop"\n[defaults]\nkey = "{keys.sign}"\n'
+        f'[profiles.laptop]\nrepository = "{repo}"\n'
         f'sign_key = "{keys.sign}"\n'
         f'encrypt_to = ["{keys.recovery_fpr}", "{keys.family}"]\nmetadata_key = "none"\n'
     )

@@ -85,8 +85,10 @@ def _keyspec(args: argparse.Namespace, secret: str | None) -> KeySpec:
     key = args.key
     sign, recipients = args.sign_key, list(args.encrypt_to or [])
     if not (key or sign or recipients):  # nothing on the command line: the profile
-        key, sign = setting(args, "key"), setting(args, "sign_key")
+        sign = setting(args, "sign_key")
         recipients = list(setting(args, "encrypt_to") or [])
+        # separate keys in a profile win over a `key` it inherits from [defaults]
+        key = None if sign or recipients else setting(args, "key")
     if key and (sign or recipients):
         raise UsageError(
             "--key means one key that signs and decrypts; for separate keys pass "

@@ -293,6 +293,18 @@ def test_rotation_takes_effect_from_the_next_commit_and_forgeries_are_refused(
         tree, proc = recover(tmp_path / "by-hand", repo, bare)
         assert proc.returncode == 0, proc.stderr
         assert files_of(tree) == files_of(src)
+        walk = Path(__file__).resolve().parent.parent / "examples" / "recover-by-hand.sh"
+        for path in ("after.txt", "d1/f1.bin", "secret.txt"):  # after, edited after, before
+            one = tmp_path / "one-file"
+            done = subprocess.run(
+                ["bash", str(walk), repo, path, str(one)],
+                capture_output=True,
+                text=True,
+                env={"PATH": os.environ["PATH"], "GNUPGHOME": bare, "HOME": str(tmp_path)},
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert one.read_bytes() == (src / path).read_bytes()
     finally:
         kill_agent(bare)
         shutil.rmtree(bare, ignore_errors=True)

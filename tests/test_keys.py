@@ -373,3 +373,26 @@ def files_of(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
+
+
+def test_a_replica_gets_the_rotations_before_the_commits_they_sign(
+    cli: Any, keys: Keys, rotated: tuple[str, str, str], tmp_path: Path
+) -> None:
+    sign2, admin, _ = rotated
+    src, repo, replica = tmp_path / "src", str(tmp_path / "repo"), str(tmp_path / "replica")
+    make_tree(src, files=4)
+    lap = ["--gnupghome", keys.laptop]
+    init_separate(cli, keys, repo)
+    cli("backup", "--repo", repo, *lap, str(src), check=0)
+    cli("keys", "rotate", "--repo", repo, *lap, "--sign-key", sign2, check=0)
+    (src / "later.txt").write_bytes(b"signed by the new key")
+    cli("backup", "--repo", repo, *lap, str(src), check=0)
+    cli("sync", "--from", repo, "--to", replica, *lap, check=0)
+    assert (Path(replica) / "keys" / "000000000001").read_bytes() == (
+        Path(repo) / "keys" / "000000000001"
+    ).read_bytes()
+    out = tmp_path / "out"
+    env = {"BLANKET_STATE_DIR": str(tmp_path / "state-recovery")}
+    cli("restore", "--repo", replica, "--gnupghome", keys.recovery, "--to", str(out), env=env,
+        check=0)  # fmt: skip
+    assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))

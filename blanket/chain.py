@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blanket import indexfmt
+from blanket.crypto import NoSecretKey
 from blanket.errors import BlanketError, IntegrityError, NotFound, WrongKey
 from blanket.indexfmt import IndexHeader
 
@@ -81,7 +82,7 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
         try:
             plain = repo.gpg.decrypt_bytes(cipher, key, signer=repo.signer_for(seq))
             header = parse_checked(repo, seq, plain, entries=True)
-        except WrongKey:
+        except NoSecretKey:
             if not repo.config.separate:
                 raise
             raise WrongKey(
@@ -89,6 +90,8 @@ def _from_stores(repo: Repository, seq: int, *, fresh: bool) -> tuple[IndexHeade
                 "holds neither the metadata key nor a recipient's key; restore the cache "
                 f"({repo.state.dir}) or import the metadata key (docs/guide.md)"
             ) from None
+        except WrongKey:
+            raise
         except BlanketError as exc:
             reasons.append(f"{exc} on {backend.describe()}")
             continue

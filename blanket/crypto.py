@@ -28,6 +28,10 @@ SYMMETRIC = "symmetric"
 _CIPHER = "AES256"
 
 
+class NoSecretKey(WrongKey):
+    """The keyring holds the secret key of none of an object's recipients."""
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """How a repository's objects are protected.
@@ -255,10 +259,17 @@ class Gpg:
                 raise IntegrityError(f"{what} is not the signed message it should be")
         elif not result.ok:
             reason = _reason(result)
+            text = str(result.stderr).lower()
+            if any(m in text for m in ("inappropriate ioctl", "no pinentry")):
+                raise WrongKey(
+                    f"cannot decrypt {what}: the secret key is passphrase-protected and "
+                    "gpg-agent has no passphrase for it; unlock it once or preset it "
+                    "(docs/guide.md)"
+                )
             if any(s.startswith("NO_SECKEY") for s in status) and not any(
                 s.startswith("BAD_PASSPHRASE") for s in status
             ):
-                raise WrongKey(
+                raise NoSecretKey(
                     f"cannot decrypt {what}: this keyring holds the secret key of none of "
                     "its recipients; import one (a recovery key) or pass --gnupghome"
                 )

@@ -87,6 +87,15 @@ def test_passphrase_key_through_gpg_agent_with_a_preset_passphrase(
     assert sorted(p.name for p in (Path(repo) / "index").iterdir()) == before
     preset(home, sign)
     cli("backup", "--repo", repo, str(src), env=env, check=0)
+    # reading the indexes back with the metadata key (the signing key's encryption
+    # subkey, protected too) needs the passphrase as well, and says so
+    subprocess.run(["gpgconf", "--homedir", home, "--reload", "gpg-agent"], check=True)
+    fresh = {**env, "BLANKET_STATE_DIR": str(tmp_path / "fresh-state")}
+    run = cli("ls", "--repo", repo, env=fresh)
+    assert run.code == 12, run
+    assert len(run.err.strip().splitlines()) == 1 and "gpg-agent has no passphrase" in run.err
+    preset(home, sign)
+    cli("ls", "--repo", repo, env=fresh, check=0)
     out = tmp_path / "out"
     cli("restore", "--repo", repo, "--to", str(out), env={"GNUPGHOME": vault}, check=0)
     assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))

@@ -52,8 +52,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         if config.separate:
             keys = (
                 f", signing key {config.fingerprint}, packs encrypted to "
-                f"{', '.join(config.recipients)}, indexes also to "
-                f"{', '.join(config.metadata) or 'no metadata key'}"
+                f"{', '.join(config.recipients)}, "
+                + (
+                    f"indexes also to metadata key {', '.join(config.metadata)}"
+                    if config.metadata
+                    else "no metadata key"
+                )
             )
             if not config.metadata:
                 out.line(

@@ -41,9 +41,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
         epoch = rotate_keys(repo, change, now=time.time_ns())
         out.summary(
             f"from commit {epoch.from_seq} on: signing key {epoch.sign}, packs encrypted to "
-            f"{', '.join(epoch.readers)}, indexes also to "
-            f"{', '.join(epoch.metadata) or 'no metadata key'} (rotation {epoch.number}, "
-            "signed by the key before)",
+            f"{', '.join(epoch.readers)}, "
+            + (
+                f"indexes also to metadata key {', '.join(epoch.metadata)}"
+                if epoch.metadata
+                else "no metadata key"
+            )
+            + f" (rotation {epoch.number}, signed by the key before)",
             rotation=epoch.number,
             from_commit=epoch.from_seq,
             sign_key=epoch.sign,

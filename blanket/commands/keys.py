@@ -7,7 +7,7 @@ import argparse
 import time
 
 from blanket.commands.common import open_repo
-from blanket.errors import EXIT_OK
+from blanket.errors import EXIT_OK, UsageError
 from blanket.ui import Output
 from blanket.units import show_time
 
@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    if args.action == "show" and (args.sign_key or args.encrypt_to or args.metadata_key):
+        raise UsageError("--sign-key, --encrypt-to and --metadata-key go with 'keys rotate'")
     repo = open_repo(args)
     if args.action == "rotate":
         from blanket.rotate import Change, rotate_keys

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,3 +399,45 @@ def test_a_replica_gets_the_rotations_before_the_commits_they_sign(
     cli("restore", "--repo", replica, "--gnupghome", keys.recovery, "--to", str(out), env=env,
         check=0)  # fmt: skip
     assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))
+
+
+def test_write_only_backup_killed_and_stopped_then_resumed(
+    keys: Keys, tmp_path: Path, cli: Any
+) -> None:
+    """SIGKILL, then SIGTERM, in the middle of a laptop's backup; it resumes to the end,
+    and the recovery key restores the exact tree."""
+    src, repo = tmp_path / "src", str(tmp_path / "repo")
+    for i in range(60):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i:02d}").write_bytes(os.urandom(100_000))
+    init_separate(cli, keys, repo)
+    env = {**os.environ, "GNUPGHOME": keys.laptop, "BLANKET_STATE_DIR": str(tmp_path / "state")}
+    index = Path(repo) / "index"
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        before = commits(index)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blanket", "backup", "--repo", repo, "--pack-size", "256K",
+             "--limit-upload", "1M", str(src)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while commits(index) < before + 2 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert proc.poll() is None, "the backup ended before it could be interrupted"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == (-9 if sig == signal.SIGKILL else 0), err
+    done = cli("backup", "--repo", repo, "--gnupghome", keys.laptop, str(src), check=0)
+    assert "pass complete" in done.out
+    for pack in store_objects(Path(repo), "data"):
+        assert not decrypts(keys.laptop, pack)
+    out = tmp_path / "out"
+    env2 = {"BLANKET_STATE_DIR": str(tmp_path / "state-recovery")}
+    cli("restore", "--repo", repo, "--gnupghome", keys.recovery, "--to", str(out), env=env2,
+        check=0)  # fmt: skip
+    assert_same_tree(snapshot(src, with_root=False), snapshot(out, with_root=False))
+
+
+def commits(index: Path) -> int:
+    return len(list(index.iterdir())) if index.exists() else 0

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from blanket import indexfmt
 from blanket.backends.base import Backend
-from blanket.crypto import Gpg
+from blanket.crypto import Gpg, NoSecretKey
 from blanket.errors import BlanketError, IntegrityError, NotFound, WrongKey
 from blanket.headercache import HeaderCache
 from blanket.indexfmt import IndexHeader
@@ -39,14 +39,18 @@ def index_key(seq: int) -> str:
 
 @dataclass(frozen=True)
 class Sources:
-    """What loading the chain reads: the stores (a mesh), gpg, the local cache and the
-    repository id every index must name. (The repository passes its own; the chain
-    never reaches into it.)"""
+    """What loading the chain reads: the stores (a mesh), gpg, the local cache, the
+    repository id every index must name, the signing key each commit must carry (key
+    rotations: ``signer_for(seq)``) and whether signing and encryption keys are separate
+    (then a keyring that cannot decrypt an index is told what it lacks). (The repository
+    passes its own; the chain never reaches into it.)"""
 
     backends: list[Backend]
     gpg: Gpg
     state: LocalState
     repository_id: str
+    signer_for: Callable[[int], str]
+    separate_keys: bool
 
 
 @dataclass
@@ -94,8 +98,16 @@ def _from_stores(src: Sources, seq: int, *, fresh: bool) -> tuple[IndexHeader, b
             plain = src.state.index_path(seq).read_bytes()
             return parse_checked(src.repository_id, seq, plain), plain
         try:
-            plain = src.gpg.decrypt_bytes(cipher, key)
+            plain = src.gpg.decrypt_bytes(cipher, key, signer=src.signer_for(seq))
             header = parse_checked(src.repository_id, seq, plain, entries=True)
+        except NoSecretKey:
+            if not src.separate_keys:
+                raise
+            raise WrongKey(
+                f"cannot read {key}: this machine's index cache lacks it and this keyring "
+                "holds neither the metadata key nor a recipient's key; restore the cache "
+                f"({src.state.dir}) or import the metadata key (docs/guide.md)"
+            ) from None
         except WrongKey:
             raise
         except BlanketError as exc:

@@ -2,7 +2,8 @@
 
 Objects (all gpg-encrypted, signed in public-key mode; docs/format.md):
 
-* ``config``: repository id, protection mode, key fingerprint;
+* ``config``: repository id, protection mode, keys (blanket.repoconfig);
+* ``keys/NNNNNNNNNNNN``: key rotations (blanket.keyhistory);
 * ``data/NNNNNNNNNNNN-HHHHHHHHHHHHHHHH``: the pack of commit N (H: its SHA-256 prefix);
 * ``index/NNNNNNNNNNNN``: the index of commit N, naming the data object's size and hash
   and the hash of index N-1.
@@ -15,18 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from blanket import indexfmt
+from blanket import gpgkeys, indexfmt, keyhistory
 from blanket.backends.base import Backend
 from blanket.chain import Sources, index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
 from blanket.errors import (
     AlreadyExists,
-    BlanketError,
     IntegrityError,
     NotFound,
     PermissionDenied,
@@ -40,55 +38,15 @@ from blanket.merge import Located, replay
 from blanket.model import LOST, PART, Entry
 from blanket.packer import SealedPack
 from blanket.reach import may_hold, reach_of
+from blanket.repoconfig import CONFIG_KEY as CONFIG_KEY
+from blanket.repoconfig import RepoConfig as RepoConfig
+from blanket.repoconfig import init_repository as init_repository
+from blanket.repoconfig import is_signed_only, pin_signing_key
 from blanket.state import LocalState
-
-CONFIG_KEY = "config"
-CONFIG_MAGIC = "blanket-repository 1"
 
 
 def data_key(seq: int, sha256: str) -> str:
     return f"data/{seq:012d}-{sha256[:16]}"
-
-
-@dataclass(frozen=True)
-class RepoConfig:
-    id: str
-    mode: str
-    fingerprint: str
-    created: int
-
-    def render(self) -> bytes:
-        return (
-            f"{CONFIG_MAGIC}\nid: {self.id}\nmode: {self.mode}\n"
-            f"key: {self.fingerprint or '-'}\ncreated: {self.created}\n"
-        ).encode("ascii")
-
-    @classmethod
-    def parse(cls, data: bytes) -> RepoConfig:
-        lines = data.decode("ascii").splitlines()
-        if not lines or lines[0] != CONFIG_MAGIC:
-            raise IntegrityError("the repository config is not a blanket config")
-        f = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        key = f.get("key", "-")
-        return cls(f["id"], f["mode"], "" if key == "-" else key, int(f["created"]))
-
-
-def init_repository(
-    backend: Backend, gnupghome: str | None, key: KeySpec, *, now: int
-) -> RepoConfig:
-    """Create a repository on an empty store; refuse a store that already holds one."""
-    if key.mode == PUBKEY:
-        key = KeySpec(PUBKEY, find_secret_key(gnupghome, key.fingerprint), key.passphrase)
-    config = RepoConfig(uuid.uuid4().hex, key.mode, key.fingerprint, now)
-    gpg = Gpg(gnupghome, key)
-    backend.create()
-    try:
-        backend.put(CONFIG_KEY, gpg.encrypt_bytes(config.render()), if_absent=True)
-    except AlreadyExists:
-        raise BlanketError(
-            f"{backend.describe()} already holds a blanket repository; use it or pick another URL"
-        ) from None
-    return config
 
 
 class Repository:
@@ -102,6 +60,8 @@ class Repository:
         self.headers: list[IndexHeader] = []
         self.by_seq: dict[int, IndexHeader] = {}
         self.problems: list[tuple[str, str]] = []
+        self.gnupghome: str | None = None
+        self.epochs: list[keyhistory.Epoch] = []
 
     @classmethod
     def open(
@@ -121,7 +81,16 @@ class Repository:
             raise RepositoryMissing(_missing(backend)) from None
         probe = Gpg(gnupghome, KeySpec(SYMMETRIC if passphrase else PUBKEY, "", passphrase))
         data, result = probe.decrypt_unchecked(blob)
-        if not result.ok:
+        signed_only = is_signed_only(result)
+        if signed_only:
+            config = RepoConfig.parse(data)
+            if not config.separate:
+                raise IntegrityError("the repository config is signed but not encrypted")
+            if "NO_PUBKEY" in str(result.stderr) and gpgkeys.import_public(
+                gnupghome, config.sign_pubkey, config.fingerprint
+            ):
+                data, result = probe.decrypt_unchecked(blob)  # check it with the key now
+        elif not result.ok:
             hint = (
                 "check --passphrase-file"
                 if passphrase
@@ -130,14 +99,47 @@ class Repository:
             )
             raise WrongKey(f"cannot open the repository at {backend.describe()}: {hint}")
         config = RepoConfig.parse(data)
-        if config.mode == PUBKEY:
+        if config.mode == PUBKEY and not config.separate:
             find_secret_key(gnupghome, config.fingerprint)
-        elif not passphrase:
+        elif config.mode == SYMMETRIC and not passphrase:
             raise WrongKey("this repository is protected by a passphrase; pass --passphrase-file")
-        gpg = Gpg(gnupghome, KeySpec(config.mode, config.fingerprint, passphrase))
-        gpg.check(result, "the repository config")
+        gpg = Gpg(gnupghome, config.keyspec(passphrase))
+        gpg.check(result, "the repository config", signed_only=signed_only)
+        epochs = [config.epoch(hashlib.sha256(blob).hexdigest())]
+        if config.mode == PUBKEY:
+            epochs = keyhistory.load(backend, gpg, gnupghome, config.id, epochs[0])
+            gpg = Gpg(gnupghome, epochs[-1].keyspec(config.mode, passphrase))
+            gpg.accepted = tuple(dict.fromkeys(e.sign for e in epochs))
         repo = cls(backend, gpg, config, LocalState(config.id, state_root))
+        if config.mode == PUBKEY:
+            pin_signing_key(repo.state, config.fingerprint)
+        repo.gnupghome = gnupghome
+        repo.epochs = epochs
         return repo
+
+    def signer_for(self, seq: int) -> str:
+        """The signing key commit ``seq`` must carry (the rotations in force)."""
+        return keyhistory.signer_for(self.epochs, seq)
+
+    def require_signing(self) -> None:
+        """Raise ``WrongKey`` (one line) unless this keyring can sign commits and encrypt
+        to every recipient in force (none expired, revoked or missing)."""
+        if self.config.mode == PUBKEY:
+            gpgkeys.signing_key(self.gnupghome, self.gpg.key.fingerprint)
+            gpgkeys.recipient_keys(self.gnupghome, self.gpg.key.metadata_recipients)
+
+    def require_content_key(self, what: str) -> None:
+        """Raise ``WrongKey`` unless this keyring holds the secret key of a recipient of
+        the packs (``what`` needs to read their content: restore, cat, deep verify...)."""
+        if self.config.mode != PUBKEY:
+            return
+        recipients = tuple(dict.fromkeys(r for e in self.epochs for r in e.readers))
+        if not gpgkeys.decrypting(self.gnupghome, recipients):
+            raise WrongKey(
+                f"{what} needs the secret key of one of the repository's recipients "
+                f"({', '.join(r[-16:] for r in recipients)}); this keyring holds none: "
+                "import the recovery key or pass --gnupghome"
+            )
 
     # --- the chain -------------------------------------------------------------------
 
@@ -199,7 +201,14 @@ class Repository:
         ``strict`` raises ``IntegrityError`` at the first problem; otherwise problems
         are kept in ``self.problems`` and every authentic index is used (blanket.chain).
         """
-        sources = Sources(self.backends, self.gpg, self.state, self.config.id)
+        sources = Sources(
+            self.backends,
+            self.gpg,
+            self.state,
+            self.config.id,
+            self.signer_for,
+            self.config.separate,
+        )
         chain = load_chain(sources, strict=strict, fresh=fresh)
         self.headers = chain.headers
         self.problems = chain.problems

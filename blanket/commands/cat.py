@@ -23,7 +23,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     out.data_on_stdout()
     layer, when = at(args.at)
     path = model.normalize_user_path(args.path)
-    repo = open_repo(args)
+    repo = open_repo(args, reads="cat")
     size = cat(repo, path, layer, when, sys.stdout.buffer)
     if out.json:  # on stderr: stdout holds the content
         out.summary("", path=args.path, bytes=size)

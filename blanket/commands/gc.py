@@ -30,7 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     cap = parse_size(args.cap, "--cap") if args.cap else setting(args, "cap")
     args.keep_history = args.keep_history or bool(setting(args, "keep_history"))
-    result = run_gc(open_repo(args), cap=cap, dry_run=args.dry_run, keep_history=args.keep_history)
+    repo = open_repo(
+        args,
+        signs=not args.dry_run,
+        reads="gc --keep-history" if args.keep_history else None,
+    )
+    result = run_gc(repo, cap=cap, dry_run=args.dry_run, keep_history=args.keep_history)
     plan = result.plan
     hist = result.history
     rows = [

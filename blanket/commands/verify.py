@@ -36,7 +36,8 @@ def _fraction(text: str | None) -> float | None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     subset = _fraction(args.read_data_subset)
-    report = verify(open_repo(args), deep=args.deep, subset=subset)
+    reads = "verify --deep" if args.deep or subset else None
+    report = verify(open_repo(args, reads=reads), deep=args.deep, subset=subset)
     for key, message in report.problems:
         out.warning(key.encode(), message)
     kind = "deep" if args.deep else ("sampled deep" if subset else "quick")

@@ -34,7 +34,7 @@ from blanket.errors import BlanketError, UsageError
 from blanket.events import Listener, Position, SourceWarning, ignore
 from blanket.exclude import Excluder
 from blanket.expiry import current_expire_below
-from blanket.gc import GcResult, collect
+from blanket.gc import GcResult, collect, plan_for_pass
 from blanket.indexfmt import unescape
 from blanket.lock import RepoLock
 from blanket.merge import Located, replay
@@ -317,7 +317,7 @@ def run_backup(
         repo.clean_leftovers()
         expire_below = current_expire_below(repo.headers)
         if opts.cap is not None:
-            plan = collect(repo, cap=opts.cap, dry_run=True, keep_history=opts.keep_history).plan
+            plan = plan_for_pass(repo, cap=opts.cap, keep_history=opts.keep_history)
             if not plan.fits:
                 raise BlanketError(plan.message)
             expire_below = max(expire_below, plan.expire_below)

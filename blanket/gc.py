@@ -65,7 +65,16 @@ from blanket.packer import PackWriter
 from blanket.repo import Repository
 from blanket.units import show_time
 
-__all__ = ["GcResult", "HistoryPlan", "apply_gc", "collect", "plan_gc", "read_facts", "run_gc"]
+__all__ = [
+    "GcResult",
+    "HistoryPlan",
+    "apply_gc",
+    "collect",
+    "plan_for_pass",
+    "plan_gc",
+    "read_facts",
+    "run_gc",
+]
 
 
 @dataclass
@@ -138,14 +147,16 @@ def history_records(repo: Repository, sizes: dict[str, int]) -> list[HistoryReco
     return out
 
 
-def read_facts(repo: Repository, *, cap: int | None) -> GcFacts:
+def read_facts(repo: Repository, *, cap: int | None, history: bool = True) -> GcFacts:
     """What :func:`plan_gc` decides from: the local index cache (one replay) and the
     store's listing; nothing is downloaded. The versions going with the layers that the
-    cap would delete are priced here, since finding them reads the indexes."""
+    cap would delete are priced here, since finding them reads the indexes (a second
+    walk of the layers, skipped without ``history``: then the plan says nothing of
+    them, and keeps none)."""
     m = measure(repo)
     doomed = doomed_layers(first_expiry(m.stats, m.sizes, repo.headers, repo.packs, cap), m.live)
     going: list[Copy | Uncopyable] = []
-    for g in going_versions(repo, doomed) if doomed else iter(()):
+    for g in going_versions(repo, doomed) if doomed and history else iter(()):
         priced = plan_copy(repo, g, m.ratio.get(g.located.layer, 1.0))
         going.append(
             Uncopyable(g.located.entry, g.until, priced) if isinstance(priced, str) else priced
@@ -298,6 +309,14 @@ def apply_gc(
     repo.clean_leftovers()
     result.total_after = sum(o.size for o in repo.backend.list(""))
     return result
+
+
+def plan_for_pass(repo: Repository, *, cap: int, keep_history: bool) -> ExpiryPlan:
+    """The cap's plan for the backup pass about to start (``backup --cap``): whether the
+    pass fits and which layers it refreshes. The old versions that gc would keep or
+    lose are read only when they count against the cap (``keep_history``)."""
+    facts = read_facts(repo, cap=cap, history=keep_history)
+    return plan_gc(facts, cap=cap, keep_history=keep_history).expiry
 
 
 def collect(

@@ -275,12 +275,15 @@ class PackAssembler:
         if wait:
             self.sink.collect(wait=True)
 
-    def close(self) -> None:
-        """Abort the pack in hand (an interrupted run) and free zstd's contexts now, not
-        when a traceback lets go."""
+    def abort(self) -> None:
+        """Abort the pack in hand, if any (an interrupted run)."""
         if self.pack is not None:
             self.pack.abort()
             self.pack = None
+
+    def close(self) -> None:
+        """Free zstd's contexts now, not when a traceback lets go (call it once the sink
+        has closed: sealed packs may still be compressing until their commit)."""
         self.zstd.clear()
 
 

@@ -282,8 +282,9 @@ class _Pass:
                 result.complete = True
                 self.sink.save_position(None, {}, done=True)
         finally:
+            packs.abort()
+            self.sink.close()  # queued commits finish, each whole or not at all
             packs.close()
-            self.sink.close()
         result.packs, result.files, result.bytes_read = (
             self.sink.packs,
             packs.files,

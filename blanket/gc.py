@@ -72,6 +72,7 @@ __all__ = [
     "collect",
     "plan_for_pass",
     "plan_gc",
+    "planned",
     "read_facts",
     "run_gc",
 ]
@@ -229,12 +230,12 @@ def _commit_record(
     return repo.commit(sealed, header, listed)
 
 
-def _planned(plan: GcPlan, facts: GcFacts) -> GcResult:
+def planned(plan: GcPlan) -> GcResult:
     """The result as planned, before anything is done (what a dry run reports)."""
     return GcResult(
         plan.expiry,
-        facts.stats,
-        facts.live,
+        plan.stats,
+        plan.live,
         keep_history=plan.keep_history,
         history=replace(plan.history),
         total_after=plan.total,
@@ -245,17 +246,14 @@ def _planned(plan: GcPlan, facts: GcFacts) -> GcResult:
 
 
 def apply_gc(
-    repo: Repository,
-    plan: GcPlan,
-    result: GcResult,
-    *,
-    progress: Callable[[], None] | None = None,
+    repo: Repository, plan: GcPlan, *, progress: Callable[[], None] | None = None
 ) -> GcResult:
     """Carry out ``plan``: stage the copies kept (downloads), commit the gc record, delete
-    the removed commits' objects (index first, then data), clean what crashed runs left.
-    ``result`` is the planned result (:func:`collect` makes it); it gets the figures of
-    what was done. A store that refuses deletes (``PermissionDenied``) leaves the objects
-    for a later gc, with a warning; any other store error is raised."""
+    the removed commits' objects (index first, then data), clean what crashed runs left;
+    the result is the plan's (:func:`planned`) with the figures of what was done. The
+    caller holds the repository lock. A store that refuses deletes (``PermissionDenied``)
+    leaves the objects for a later gc, with a warning; any other store error is raised."""
+    result = planned(plan)
     lost = list(plan.lost)
     for r in plan.dropped:
         lost += [
@@ -331,10 +329,8 @@ def collect(
     ``keep_history``, copy forward the versions the deleted layers would lose, as many
     as fit under the cap. The caller holds the repository lock and has refreshed it
     strictly. ``progress`` is called now and then during downloads (to renew a lease)."""
-    facts = read_facts(repo, cap=cap)
-    plan = plan_gc(facts, cap=cap, keep_history=keep_history)
-    planned = _planned(plan, facts)
-    return planned if dry_run else apply_gc(repo, plan, planned, progress=progress)
+    plan = plan_gc(read_facts(repo, cap=cap), cap=cap, keep_history=keep_history)
+    return planned(plan) if dry_run else apply_gc(repo, plan, progress=progress)
 
 
 def _unique(lost: list[Entry]) -> list[Entry]:

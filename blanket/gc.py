@@ -65,7 +65,17 @@ from blanket.packer import PackWriter
 from blanket.repo import Repository
 from blanket.units import show_time
 
-__all__ = ["GcResult", "HistoryPlan", "apply_gc", "collect", "plan_gc", "read_facts", "run_gc"]
+__all__ = [
+    "GcResult",
+    "HistoryPlan",
+    "apply_gc",
+    "collect",
+    "plan_for_pass",
+    "plan_gc",
+    "planned",
+    "read_facts",
+    "run_gc",
+]
 
 
 @dataclass
@@ -139,14 +149,16 @@ def history_records(repo: Repository, sizes: dict[str, int]) -> list[HistoryReco
     return out
 
 
-def read_facts(repo: Repository, *, cap: int | None) -> GcFacts:
+def read_facts(repo: Repository, *, cap: int | None, history: bool = True) -> GcFacts:
     """What :func:`plan_gc` decides from: the local index cache (one replay) and the
     store's listing; nothing is downloaded. The versions going with the layers that the
-    cap would delete are priced here, since finding them reads the indexes."""
+    cap would delete are priced here, since finding them reads the indexes (a second
+    walk of the layers, skipped without ``history``: then the plan says nothing of
+    them, and keeps none)."""
     m = measure(repo)
     doomed = doomed_layers(first_expiry(m.stats, m.sizes, repo.headers, repo.packs, cap), m.live)
     going: list[Copy | Uncopyable] = []
-    for g in going_versions(repo, doomed) if doomed else iter(()):
+    for g in going_versions(repo, doomed) if doomed and history else iter(()):
         priced = plan_copy(repo, g, m.ratio.get(g.located.layer, 1.0))
         going.append(
             Uncopyable(g.located.entry, g.until, priced) if isinstance(priced, str) else priced
@@ -219,12 +231,12 @@ def _commit_record(
     return repo.commit(sealed, header, listed)
 
 
-def _planned(plan: GcPlan, facts: GcFacts) -> GcResult:
+def planned(plan: GcPlan) -> GcResult:
     """The result as planned, before anything is done (what a dry run reports)."""
     return GcResult(
         plan.expiry,
-        facts.stats,
-        facts.live,
+        plan.stats,
+        plan.live,
         keep_history=plan.keep_history,
         history=replace(plan.history),
         total_after=plan.total,
@@ -235,17 +247,14 @@ def _planned(plan: GcPlan, facts: GcFacts) -> GcResult:
 
 
 def apply_gc(
-    repo: Repository,
-    plan: GcPlan,
-    result: GcResult,
-    *,
-    progress: Callable[[], None] | None = None,
+    repo: Repository, plan: GcPlan, *, progress: Callable[[], None] | None = None
 ) -> GcResult:
     """Carry out ``plan``: stage the copies kept (downloads), commit the gc record, delete
-    the removed commits' objects (index first, then data), clean what crashed runs left.
-    ``result`` is the planned result (:func:`collect` makes it); it gets the figures of
-    what was done. A store that refuses deletes (``PermissionDenied``) leaves the objects
-    for a later gc, with a warning; any other store error is raised."""
+    the removed commits' objects (index first, then data), clean what crashed runs left;
+    the result is the plan's (:func:`planned`) with the figures of what was done. The
+    caller holds the repository lock. A store that refuses deletes (``PermissionDenied``)
+    leaves the objects for a later gc, with a warning; any other store error is raised."""
+    result = planned(plan)
     lost = list(plan.lost)
     for r in plan.dropped:
         lost += [
@@ -302,6 +311,14 @@ def apply_gc(
     return result
 
 
+def plan_for_pass(repo: Repository, *, cap: int, keep_history: bool) -> ExpiryPlan:
+    """The cap's plan for the backup pass about to start (``backup --cap``): whether the
+    pass fits and which layers it refreshes. The old versions that gc would keep or
+    lose are read only when they count against the cap (``keep_history``)."""
+    facts = read_facts(repo, cap=cap, history=keep_history)
+    return plan_gc(facts, cap=cap, keep_history=keep_history).expiry
+
+
 def collect(
     repo: Repository,
     *,
@@ -314,10 +331,8 @@ def collect(
     ``keep_history``, copy forward the versions the deleted layers would lose, as many
     as fit under the cap. The caller holds the repository lock and has refreshed it
     strictly. ``progress`` is called now and then during downloads (to renew a lease)."""
-    facts = read_facts(repo, cap=cap)
-    plan = plan_gc(facts, cap=cap, keep_history=keep_history)
-    planned = _planned(plan, facts)
-    return planned if dry_run else apply_gc(repo, plan, planned, progress=progress)
+    plan = plan_gc(read_facts(repo, cap=cap), cap=cap, keep_history=keep_history)
+    return planned(plan) if dry_run else apply_gc(repo, plan, progress=progress)
 
 
 def _unique(lost: list[Entry]) -> list[Entry]:

@@ -104,6 +104,8 @@ class GcPlan:
     # index first, then data, the reverse of the order they were written in
     refresh: bool  # whether the chain is loaded again after the deletes
     total: int  # bytes on the store now, leftovers of crashed runs not counted
+    stats: list[LayerStat] = field(default_factory=list)  # the layers it was made from
+    live: dict[int, int] = field(default_factory=dict)  # their current entries
     warnings: list[str] = field(default_factory=list)
 
 
@@ -257,5 +259,7 @@ def plan_gc(facts: GcFacts, *, cap: int | None, keep_history: bool) -> GcPlan:
         deletes=deletes,
         refresh=bool(targets),
         total=total,
+        stats=facts.stats,
+        live=facts.live,
         warnings=warnings,
     )

@@ -249,6 +249,11 @@ class PackWriter:
         self.entries.append(done)
         return done
 
+    def discard_last(self) -> None:
+        """Take the last entry out of the pack's index (a file torn while it was read):
+        its member stays in the tar, unindexed, and nothing reads it."""
+        self.entries.pop()
+
     def note(self, e: Entry) -> None:
         """Record an entry whose content is already in the pack (a split file's entry,
         written after its last part)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from blanket import gpgkeys, indexfmt, keyhistory
@@ -320,8 +320,19 @@ class Repository:
                 return
         raise IntegrityError(f"cannot store {key}: {problem}; nothing was committed")
 
-    def commit(self, sealed: SealedPack, header: IndexHeader, entries: list[Entry]) -> IndexHeader:
-        """Store the pack, then its index: the commit point. Returns the final header."""
+    def commit(
+        self,
+        sealed: SealedPack,
+        header: IndexHeader,
+        entries: list[Entry],
+        *,
+        scan: tuple[int, str] | None = None,
+        before_state: Callable[[], None] | None = None,
+    ) -> IndexHeader:
+        """Store the pack, then its index: the commit point. Returns the final header.
+        ``scan`` (a backup pass's layer and escaped clock pointer) is recorded in the
+        same write of the local state as the commit; ``before_state`` runs just before
+        that write (after the commit point)."""
         seq = self.next_seq()
         dkey = data_key(seq, sealed.sha256)
         final = _with_data(header, seq, self.last_hash(), dkey, sealed)
@@ -330,9 +341,13 @@ class Repository:
         cipher = self.gpg.encrypt_bytes(plain)
         put_index(self.backend, index_key(seq), cipher)
         self.state.store_index(seq, plain, hashlib.sha256(cipher).hexdigest())
+        if before_state is not None:
+            before_state()
         progress = self.state.load()
         progress.last_seq = seq
         progress.last_index_sha256 = hashlib.sha256(plain).hexdigest()
+        if scan is not None:
+            progress.scan_layer, progress.scan_pointer = scan
         self.state.save(progress)
         self.headers.append(final)
         self.by_seq[seq] = final

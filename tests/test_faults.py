@@ -600,3 +600,28 @@ def test_rate_limit_is_shared_between_threads() -> None:
         th.join()
     # One burst is free; each later taker waits for everything taken before it.
     assert sorted(slept) == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+
+
+# --- which store errors a command may tolerate ------------------------------------------
+
+
+LEFTOVER = "data/000000000099-0123456789abcdef"  # a crashed run's object: no index names it
+
+
+def test_leftovers_stay_when_deletes_are_refused_and_a_transient_error_is_raised(
+    repo: Repository, repo_url: str, keyring: Any
+) -> None:
+    LocalBackend(repo_url).put(LEFTOVER, b"half a pack")
+    refusing = Repository.open(NoDeleteBackend(LocalBackend(repo_url)), keyring.home)
+    refusing.refresh()
+    assert refusing.clean_leftovers() == 0  # PermissionDenied: left for gc, the run goes on
+    flaky = FaultyBackend(LocalBackend(repo_url), [Fault("delete", 1, "transient", "data/")])
+    opened = Repository.open(flaky, keyring.home)
+    opened.refresh()
+    with pytest.raises(TransientStoreError):
+        opened.clean_leftovers()  # never swallowed
+    flaky.assert_all_fired()
+    assert LocalBackend(repo_url).head(LEFTOVER).size == len(b"half a pack")
+    fine = Repository.open(LocalBackend(repo_url), keyring.home)
+    fine.refresh()
+    assert fine.clean_leftovers() == 1

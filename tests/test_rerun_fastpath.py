@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blanket import indexfmt, model, scan, state
-from blanket.changes import Keep, Seen, diff
+from blanket.changes import Delete, Emit, Keep, Seen, diff
 from blanket.commands import COMMANDS, HELPS
 from blanket.indexfmt import IndexHeader
 from blanket.merge import Located
@@ -27,22 +27,16 @@ def item(root: Path, rel: str) -> WalkItem:
 
 
 def full_entry(root: Path, rel: str) -> Entry:
-    scan.prior_hint(None)
     e = scan.entry_for(os.fsencode(root), item(root, rel), since=SINCE)
     assert e is not None
     return e
 
 
-def test_an_unchanged_file_is_its_hinted_prior_entry(tmp_path: Path) -> None:
+def test_an_unchanged_file_is_its_prior_entry(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"data")
     prior = dataclasses.replace(full_entry(tmp_path, "f"), sha256="ab" * 32, since=5)
-    scan.prior_hint(prior)
-    try:
-        assert scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE) is prior
-        other = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE)
-        assert other is prior  # the hint stays until changed
-    finally:
-        scan.prior_hint(None)
+    root = os.fsencode(tmp_path)
+    assert scan.entry_for(root, item(tmp_path, "f"), since=SINCE, prior=prior) is prior
     fresh = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE)
     assert fresh is not None and fresh.since == SINCE and fresh.sha256 == ""
 
@@ -55,18 +49,14 @@ def test_an_xattr_change_moves_ctime_so_the_hint_is_not_taken(tmp_path: Path) ->
         os.setxattr(f, b"user.k", b"v")
     except OSError:
         pytest.skip("no user xattrs on this filesystem")
-    scan.prior_hint(prior)
-    try:
-        now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE)
-    finally:
-        scan.prior_hint(None)
+    now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE, prior=prior)
     assert now is not prior and now is not None
     assert now.xattrs == ((b"user.k", b"v"),)
     assert now.ctime_ns != prior.ctime_ns or now.xattrs != prior.xattrs
 
 
 @pytest.mark.parametrize("what", ["other path", "size", "hard link", "symlink"])
-def test_the_hint_is_ignored_unless_it_is_the_same_single_version(
+def test_the_prior_is_ignored_unless_it_is_the_same_single_version(
     tmp_path: Path, what: str
 ) -> None:
     (tmp_path / "f").write_bytes(b"data")
@@ -81,37 +71,43 @@ def test_the_hint_is_ignored_unless_it_is_the_same_single_version(
     elif what == "hard link":
         os.link(tmp_path / "f", tmp_path / "f2")
         prior = dataclasses.replace(prior, ctime_ns=os.lstat(tmp_path / "f").st_ctime_ns)
-    scan.prior_hint(prior)
-    try:
-        now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, rel), since=SINCE)
-    finally:
-        scan.prior_hint(None)
+    now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, rel), since=SINCE, prior=prior)
     assert now is not prior and now is not None and now.since == SINCE
 
 
-def test_diff_hints_each_prior_entry_and_withdraws_the_hint(tmp_path: Path) -> None:
-    for name in ("a", "b"):
+def test_the_join_hands_each_path_its_prior_entry(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
         (tmp_path / name).write_bytes(name.encode())
     root = os.fsencode(tmp_path)
     prior = [Located(full_entry(tmp_path, n), seq=0, layer=1) for n in ("a", "b")]
+    walked = [item(tmp_path, n) for n in ("a", "b", "c")]
+    given: list[Entry | None] = []
     taken: list[bool] = []
 
-    def walk() -> list[Seen] | object:
-        for loc in prior:
-            e = scan.entry_for(root, item(tmp_path, loc.entry.path.decode()), since=SINCE)
-            taken.append(e is loc.entry)
-            yield Seen(loc.entry.path, e)
+    def describe(w: WalkItem, before: Entry | None) -> Seen:
+        given.append(before)
+        e = scan.entry_for(root, w, since=SINCE, prior=before)
+        taken.append(before is not None and e is before)
+        return Seen(w.path, e)
 
-    changes = list(diff(walk(), prior, full=False))
-    assert all(isinstance(c, Keep) for c in changes) and taken == [True, True]
-    assert scan._hint.entry is None
+    changes = list(diff(walked, prior, full=False, describe=describe))
+    assert [type(c) for c in changes] == [Keep, Keep, Emit]  # c is new
+    assert given == [prior[0].entry, prior[1].entry, None] and taken == [True, True, False]
     # a full layer records everything afresh, and an expiring layer's versions are read
-    taken.clear()
-    list(diff(walk(), prior, full=True))
-    assert taken == [False, False]
-    taken.clear()
-    emitted = list(diff(walk(), prior, full=False, expire_below=2))
-    assert taken == [False, False] and all(c.entry.since == prior[0].entry.since for c in emitted)  # type: ignore[union-attr]
+    given.clear()
+    list(diff(walked, prior, full=True, describe=describe))
+    assert given == [None, None, None]
+    given.clear()
+    emitted = list(diff(walked[:2], prior, full=False, expire_below=2, describe=describe))
+    assert given == [None, None]
+    assert all(c.entry.since == prior[0].entry.since for c in emitted)  # type: ignore[union-attr]
+
+
+def test_a_path_that_is_no_longer_backed_up_is_deleted(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    prior = [Located(full_entry(tmp_path, "a"), seq=0, layer=1)]
+    changes = list(diff([item(tmp_path, "a")], prior, full=False, describe=lambda w, p: None))
+    assert changes == [Delete(b"a")]  # e.g. a file replaced by a socket
 
 
 def header(n: int) -> IndexHeader:

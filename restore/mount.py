@@ -24,16 +24,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import mfusepy
-
 from blanket import model
 from blanket.errors import BlanketError
 from blanket.merge import Located
 from blanket.model import Entry
 from blanket.repo import Repository
+from blanket.restore.fuselib import use_libfuse3
 from blanket.restore.mountread import FrameCache, Segment, Unreadable, segments_of
 from blanket.restore.mounttree import Node, Point, Trees, points_of
 from blanket.restore.writer import _owner as owner_of
+
+use_libfuse3()  # before mfusepy picks its library, as it does when imported
+import mfusepy  # noqa: E402
 
 __all__ = ["MountStats", "serve"]
 
@@ -325,21 +327,30 @@ def serve(
     cache = FrameCache(repos, workdir, cache_size, report)
     stats = MountStats()
     fs: BlanketFS | None = None
+    up: list[bool] = []
+
+    def mounted() -> None:
+        up.append(True)
+        on_mounted(fs.points if fs is not None else [])
+
     try:
-        fs = BlanketFS(repos, trees, cache, lambda: on_mounted(fs.points if fs else []))
-        mfusepy.FUSE(
-            fs,
-            mountpoint,
-            foreground=True,
-            ro=True,
-            use_ino=True,
-            fsname="blanket",
-            subtype="blanket",
-            kernel_cache=True,
-            attr_timeout=60,
-            entry_timeout=60,
-            max_threads=8,
-        )
+        fs = BlanketFS(repos, trees, cache, mounted)
+        try:
+            mfusepy.FUSE(
+                fs,
+                mountpoint,
+                foreground=True,
+                ro=True,
+                use_ino=True,
+                fsname="blanket",
+                subtype="blanket",
+                kernel_cache=True,
+                attr_timeout=60,
+                entry_timeout=60,
+            )
+        except RuntimeError:  # libfuse's loop ends with 8 when a signal stopped it
+            if not up:
+                raise
     finally:
         stats.bytes_fetched, stats.frames_fetched = cache.fetched, cache.frames_fetched
         stats.files_opened = fs.opened if fs is not None else 0

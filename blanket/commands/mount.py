@@ -7,14 +7,19 @@ import argparse
 import errno
 import os
 import shutil
+import stat
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blanket.commands.common import open_repo, repo_urls
 from blanket.errors import EXIT_OK, BlanketError, UsageError
 from blanket.events import RestoreProblem
 from blanket.ui import Output
 from blanket.units import human_size, parse_size
+
+if TYPE_CHECKING:
+    from blanket.restore.mounttree import Point
 
 HELP = "show every point in time as read-only files (FUSE) until unmounted"
 DEFAULT_CACHE = "512M"
@@ -32,7 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_mountpoint(path: str) -> None:
     """Refuse a missing, occupied or dead mount point with a one-line fix."""
     try:
-        is_dir = os.path.isdir(path) and os.stat(path) is not None
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(
+            f"mount point {path} does not exist; create it first (mkdir {path})"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             raise UsageError(
@@ -40,9 +49,7 @@ def check_mountpoint(path: str) -> None:
                 f"unmount it first (fusermount3 -u {path})"
             ) from None
         raise UsageError(f"mount point {path}: {exc.strerror}") from None
-    if not os.path.lexists(path):
-        raise UsageError(f"mount point {path} does not exist; create it first (mkdir {path})")
-    if not is_dir:
+    if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mount point {path} is not a folder; give an empty folder")
     if os.path.ismount(path):
         raise UsageError(
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     _stale_workdirs(top)
     workdir = top / str(os.getpid())
 
-    def mounted(points: list[object]) -> None:
+    def mounted(points: list[Point]) -> None:
         with lock:
             out.emit("mounted", mountpoint=mountpoint, points=len(points))
             out.line(
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             str(workdir),
             cache_size,
             report=report,
-            on_mounted=mounted,  # type: ignore[arg-type]
+            on_mounted=mounted,
         )
     except RuntimeError as exc:
         raise BlanketError(

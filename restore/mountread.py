@@ -20,7 +20,6 @@ import bisect
 import collections
 import json
 import os
-import shutil
 import sqlite3
 import tarfile
 import tempfile
@@ -294,18 +293,25 @@ class FrameCache:
 
 def _unpack(zst: str, target: str, where: tuple[int, int, int]) -> list[tuple[object, ...]]:
     """Decompress verified zstd frames ``zst`` into tar file ``target``; the ``held`` rows
-    saying where each regular member's data lies in it."""
+    saying where each regular member's data lies in it (found on the way: the tar is
+    read once)."""
     tmp = target + ".tmp"
-    with open(zst, "rb") as src, open(tmp, "wb") as dst:
-        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
-        shutil.copyfileobj(reader, dst, _CHUNK)
     rows: list[tuple[object, ...]] = []
-    with open(tmp, "rb") as f:
-        tar = TarReader(f.read)
+    with open(zst, "rb") as src, open(tmp, "wb") as dst:
+        stream = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+
+        def tee(n: int) -> bytes:
+            data = stream.read(n)
+            dst.write(data)
+            return data
+
+        tar = TarReader(tee)
         for m in tar:
             if m.is_file:
                 sparse = None if m.sparse is None else json.dumps(m.sparse)
                 rows.append((*where, m.name, tar.offset, tar.data_left, m.size, sparse))
+        while tee(_CHUNK):  # what follows the last member
+            pass
     os.replace(tmp, target)
     return rows
 

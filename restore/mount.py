@@ -133,9 +133,18 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
 
     def _root(self, point: Point) -> int:
         try:
-            return self.trees.root(point)
+            ino = self.trees.root(point)
         except (BlanketError, ValueError, OSError) as exc:
             raise _eio(exc) from exc
+        with self._lock:
+            lost = self.trees.lost.pop(point.id, 0)
+        if lost:
+            self.cache.report(
+                point.folder,
+                f"{lost} version(s) of this point were removed by gc with an expired "
+                "layer: absent, not wrong",
+            )
+        return ino
 
     def _head(self, point: Point) -> Entry:
         """The entry of a point's top folder, without replaying the whole tree."""

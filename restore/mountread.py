@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import json
 import os
 import sqlite3
@@ -26,6 +27,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -35,7 +37,7 @@ from blanket.model import Entry
 from blanket.packer import member_path, part_member_path
 from blanket.repo import Repository
 from blanket.restore.fetch import fetch_from_any
-from blanket.restore.ranged import fetch_frames
+from blanket.restore.ranged import PARTIAL_PREFIX, fetch_frames
 from blanket.restore.tarread import TarReader
 
 __all__ = ["FrameCache", "Segment", "Unreadable", "segments_of"]
@@ -112,7 +114,7 @@ class FrameCache:
         self._lock = threading.Lock()  # the database, the LRU and the counters
         self._lru: collections.OrderedDict[tuple[int, int, int], int] = collections.OrderedDict()
         self._size = 0
-        self._fetching: dict[tuple[int, int, int], threading.Lock] = {}
+        self._fetching: dict[tuple[int, ...], threading.Lock] = {}
         self._whole: set[tuple[int, int]] = set()  # packs the ranged reader cannot read
         self._reported: set[tuple[int, int]] = set()
         self.fetched = 0  # bytes read from the stores
@@ -157,13 +159,13 @@ class FrameCache:
             known = where in self._lru
             if known:
                 self._lru.move_to_end(where)
-            lock = self._fetching.setdefault(where, threading.Lock())
+            lock = self._fetching.setdefault(where[:2], threading.Lock())
         if not known:
-            with lock:
+            with lock:  # one fetch of a pack at a time: it may bring every frame in
                 with self._lock:
                     known = where in self._lru
                 if not known:
-                    self._fetch(seg, frame)
+                    self._fetch(seg.origin, seg.seq, frame)
         with self._lock:
             row = self._db.execute(
                 "SELECT offset, stored, size, sparse FROM held "
@@ -223,43 +225,61 @@ class FrameCache:
         with self._lock:
             self.fetched += n
 
-    def _fetch(self, seg: Segment, frame: int) -> None:
-        """Bring frame ``frame`` (or the whole pack) of the segment's pack into the cache."""
-        origin, seq = seg.origin, seg.seq
-        repo = self.repos[origin]
-        header = repo.by_seq[seq]
+    def _fetch(self, origin: int, seq: int, frame: int) -> None:
+        """Bring frame ``frame`` of a pack into the cache: that frame alone when it is at
+        most half of the pack, else the whole pack (gpg decrypts it much faster than the
+        ranged reader), every frame of it then kept."""
+        header = self.repos[origin].by_seq[seq]
+        frames = header.frames
+        total = sum(f.size for f in frames)
+        whole = frame == WHOLE or (origin, seq) in self._whole or frames[frame].size * 2 > total
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=self.folder) as work:
             try:
-                zst = self._download(origin, seq, frame, work)
+                zst = self._download(origin, seq, None if whole else frame, work)
             except _UNREADABLE as exc:
                 if (origin, seq) not in self._reported:
                     self._reported.add((origin, seq))
                     self.report(header.data_key, f"its files give EIO: {exc}")
                 raise Unreadable(str(exc)) from exc
-            where = (origin, seq, frame)
-            target = self._file(where)
-            try:
-                rows = _unpack(zst, target, where)
-            except _UNREADABLE as exc:
-                self.report(header.data_key, f"unreadable once decrypted: {exc}")
-                raise Unreadable(str(exc)) from exc
-        size = os.path.getsize(target)
+            if not os.path.basename(zst).startswith(PARTIAL_PREFIX):  # the whole pack
+                whole = True
+            if not whole:
+                pieces = [(frame, 0, os.path.getsize(zst))]
+            elif frames:
+                starts = list(itertools.accumulate((f.size for f in frames), initial=0))
+                pieces = [(k, starts[k], f.size) for k, f in enumerate(frames)]
+            else:
+                pieces = [(WHOLE, 0, os.path.getsize(zst))]
+            for k, start, length in pieces:
+                where = (origin, seq, k)
+                try:
+                    rows = _unpack(zst, start, length, self._file(where), where)
+                except _UNREADABLE as exc:
+                    self.report(header.data_key, f"unreadable once decrypted: {exc}")
+                    raise Unreadable(str(exc)) from exc
+                self._keep(where, rows)
+
+    def _keep(self, where: tuple[int, int, int], rows: list[tuple[object, ...]]) -> None:
+        size = os.path.getsize(self._file(where))
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM held WHERE origin = ? AND seq = ? AND frame = ?", where)
             self._db.executemany("INSERT OR REPLACE INTO held VALUES (?,?,?,?,?,?,?,?)", rows)
             self._db.execute("COMMIT")
+            if where in self._lru:
+                self._size -= self._lru[where]
             self._lru[where] = size
+            self._lru.move_to_end(where)
             self._size += size
             self.frames_fetched += 1
             self._evict(keep=where)
 
-    def _download(self, origin: int, seq: int, frame: int, work: str) -> str:
-        """The verified zstd bytes of one frame (any intact copy); the whole pack when
-        the ranged reader does not know its layout."""
+    def _download(self, origin: int, seq: int, frame: int | None, work: str) -> str:
+        """The verified zstd bytes of one frame (any intact copy), or (``frame`` None, or
+        a layout the ranged reader does not know) of the whole pack."""
         repo = self.repos[origin]
         header = repo.by_seq[seq]
-        if frame != WHOLE:
+        if frame is not None:
             reasons = []
             for backend in repo.backends:
                 try:
@@ -291,14 +311,33 @@ class FrameCache:
                 pass
 
 
-def _unpack(zst: str, target: str, where: tuple[int, int, int]) -> list[tuple[object, ...]]:
-    """Decompress verified zstd frames ``zst`` into tar file ``target``; the ``held`` rows
-    saying where each regular member's data lies in it (found on the way: the tar is
-    read once)."""
+class _Slice:
+    """``length`` bytes of open file ``f`` from ``start``, as a readable stream."""
+
+    def __init__(self, f: BinaryIO, start: int, length: int) -> None:
+        f.seek(start)
+        self.f, self.left = f, length
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+
+def _unpack(
+    zst: str, start: int, length: int, target: str, where: tuple[int, int, int]
+) -> list[tuple[object, ...]]:
+    """Decompress the verified zstd frames at ``start`` (``length`` bytes) of file
+    ``zst`` into tar file ``target``; the ``held`` rows saying where each regular
+    member's data lies in it (found on the way: the tar is read once)."""
     tmp = target + ".tmp"
     rows: list[tuple[object, ...]] = []
     with open(zst, "rb") as src, open(tmp, "wb") as dst:
-        stream = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+        raw = _Slice(src, start, length)
+        stream = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, raw), read_across_frames=True
+        )
 
         def tee(n: int) -> bytes:
             data = stream.read(n)

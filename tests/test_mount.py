@@ -450,3 +450,17 @@ def test_s3_store_unreachable_midway_gives_eio_not_a_hang(
     assert code != 0 and data == b"" and "Input/output error" in err
     assert read(m.point / "latest/folder01/file0")[1] == (expected / "folder01/file0").read_bytes()
     assert m.stop() == 0
+
+
+def test_profile_names_the_repository_and_keyring(
+    history: tuple[str, Path], keyring, mounts: Mounts, tmp_path: Path
+) -> None:
+    url, src = history
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[profiles.home]\nsource = "{src}"\nrepository = "{url}"\ngnupghome = "{keyring.home}"\n'
+    )
+    mounts.env.pop("GNUPGHOME")
+    m = mounts(tmp_path / "mnt", extra=("--config", str(config), "--profile", "home"))
+    assert (m.point / "latest/new-top").read_bytes() == b"changed in the partial layer\n"
+    assert m.stop() == 0

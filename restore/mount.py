@@ -20,6 +20,7 @@ import shutil
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = ["MountStats", "serve"]
 
 ROOT_INO, LAYERS_INO, AT_INO = 1, 2, 3
 POINT_INO = 16  # + the point's number: the inode of a point's top folder
+FOLDERS_KEPT = 4096  # folder paths whose inodes are remembered
 _KIND_BITS = {
     model.FILE: stat.S_IFREG,
     model.DIR: stat.S_IFDIR,
@@ -97,6 +99,7 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         self.on_mounted = on_mounted
         self.started = time.time_ns()
         self._heads: dict[int, Entry] = {}  # point -> its top folder's entry
+        self._folders: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._handles: dict[int, list[Segment]] = {}
         self._next_fh = 1
         self._lock = threading.Lock()
@@ -123,13 +126,32 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
             raise _enoent()
         if not rest:
             return _Where(0, point)
+        ino = self._folder(point, rest[:-1])
+        child = self.trees.lookup(ino, rest[-1])
+        if child is None:
+            raise _enoent()
+        return _Where(child)
+
+    def _folder(self, point: Point, names: list[bytes]) -> int:
+        """The inode of folder ``names`` of a point's tree (the last few remembered:
+        the kernel asks about every entry of a folder by its full path)."""
+        key = (point.id, b"/".join(names))
+        with self._lock:
+            ino = self._folders.get(key)
+            if ino is not None:
+                self._folders.move_to_end(key)
+                return ino
         ino = self._root(point)
-        for name in rest:
+        for name in names:
             child = self.trees.lookup(ino, name)
             if child is None:
                 raise _enoent()
             ino = child
-        return _Where(ino)
+        with self._lock:
+            self._folders[key] = ino
+            if len(self._folders) > FOLDERS_KEPT:
+                self._folders.popitem(last=False)
+        return ino
 
     def _root(self, point: Point) -> int:
         try:

@@ -155,27 +155,31 @@ class FrameCache:
     def _locate(self, seg: Segment) -> _Held:
         frame = self._frame_of(seg)
         where = (seg.origin, seg.seq, frame)
-        with self._lock:
-            known = where in self._lru
-            if known:
-                self._lru.move_to_end(where)
-            lock = self._fetching.setdefault(where[:2], threading.Lock())
-        if not known:
-            with lock:  # one fetch of a pack at a time: it may bring every frame in
-                with self._lock:
-                    known = where in self._lru
-                if not known:
-                    self._fetch(seg.origin, seg.seq, frame)
-        with self._lock:
-            row = self._db.execute(
-                "SELECT offset, stored, size, sparse FROM held "
-                "WHERE origin = ? AND seq = ? AND frame = ? AND name = ?",
-                (*where, seg.name),
-            ).fetchone()
-        if row is None:
-            raise Unreadable(f"{self._key(seg)} lacks a member its index lists")
-        sparse = None if row[3] is None else [tuple(s) for s in json.loads(row[3])]
-        return _Held(self._file(where), int(row[0]), int(row[1]), int(row[2]), sparse)
+        for _ in range(3):  # another read may evict the frame between fetching and here
+            with self._lock:
+                known = where in self._lru
+                if known:
+                    self._lru.move_to_end(where)
+                lock = self._fetching.setdefault(where[:2], threading.Lock())
+            if not known:
+                with lock:  # one fetch of a pack at a time: it may bring every frame in
+                    with self._lock:
+                        known = where in self._lru
+                    if not known:
+                        self._fetch(seg.origin, seg.seq, frame)
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT offset, stored, size, sparse FROM held "
+                    "WHERE origin = ? AND seq = ? AND frame = ? AND name = ?",
+                    (*where, seg.name),
+                ).fetchone()
+                if row is None and where not in self._lru:
+                    continue
+            if row is None:
+                raise Unreadable(f"{self._key(seg)} lacks a member its index lists")
+            sparse = None if row[3] is None else [tuple(s) for s in json.loads(row[3])]
+            return _Held(self._file(where), int(row[0]), int(row[1]), int(row[2]), sparse)
+        raise Unreadable("the mount's cache keeps losing a frame; raise --cache-size")
 
     def _file(self, where: tuple[int, int, int]) -> str:
         return os.path.join(self.folder, "{}-{}-{}.tar".format(*where))
@@ -250,6 +254,7 @@ class FrameCache:
                 pieces = [(k, starts[k], f.size) for k, f in enumerate(frames)]
             else:
                 pieces = [(WHOLE, 0, os.path.getsize(zst))]
+            pieces.sort(key=lambda p: p[0] == frame)  # the one wanted last: kept
             for k, start, length in pieces:
                 where = (origin, seq, k)
                 try:

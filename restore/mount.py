@@ -96,6 +96,11 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         self.repos, self.trees, self.cache = repos, trees, cache
         self.points = points_of(repos)
         self.by_folder = {p.folder: p for p in self.points}
+        self._listings: dict[int, list[tuple[str, int]]] = {
+            ROOT_INO: [("latest", POINT_INO), ("layers", LAYERS_INO), ("at", AT_INO)],
+            LAYERS_INO: _children(self.points, "layers/"),
+            AT_INO: _children(self.points, "at/"),
+        }
         self.on_mounted = on_mounted
         self.started = time.time_ns()
         self._heads: dict[int, Entry] = {}  # point -> its top folder's entry
@@ -268,18 +273,10 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
             after = rows[-1][1]
 
     def _virtual(self, ino: int, offset: int) -> Iterator[Any]:
-        if ino == ROOT_INO:
-            named = [("latest", POINT_INO), ("layers", LAYERS_INO), ("at", AT_INO)]
-        else:
-            prefix = "layers/" if ino == LAYERS_INO else "at/"
-            named = [
-                (p.folder[len(prefix) :], POINT_INO + p.id)
-                for p in self.points
-                if p.folder.startswith(prefix)
-            ]
-        for i, (name, child) in enumerate(named, start=3):
-            if i > offset:
-                yield name, {"st_ino": child, "st_mode": stat.S_IFDIR}, i
+        named = self._listings[ino]
+        for i in range(max(offset - 2, 0), len(named)):  # entry i has offset i + 3
+            name, child = named[i]
+            yield name, {"st_ino": child, "st_mode": stat.S_IFDIR}, i + 3
 
     # --- files ------------------------------------------------------------------------
 
@@ -317,6 +314,12 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
 
     def init(self, path: str) -> None:
         self.on_mounted()
+
+
+def _children(points: list[Point], prefix: str) -> list[tuple[str, int]]:
+    """The names and inodes of the points in folder ``prefix`` of the mount."""
+    n = len(prefix)
+    return [(p.folder[n:], POINT_INO + p.id) for p in points if p.folder.startswith(prefix)]
 
 
 def _attrs(e: Entry, ino: int, nlink: int) -> dict[str, Any]:

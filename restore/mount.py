@@ -220,28 +220,30 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         return os.fsdecode(node.entry.target)
 
     def _node(self, path: str) -> Node:
+        """The node of a path of a point's tree (EINVAL for the mount's own folders)."""
         w = self._where(path)
-        if w.point is not None:
-            w = _Where(self._root(w.point))
-        node = self.trees.node(w.ino) if w.ino >= POINT_INO else None
+        node = self.trees.node(w.ino) if w.point is None and w.ino >= POINT_INO else None
         if node is None:
-            raise mfusepy.FuseOSError(errno.ENODATA if w.ino else errno.ENOENT)
+            raise mfusepy.FuseOSError(errno.EINVAL)
         return node
 
-    def listxattr(self, path: str) -> list[str]:
+    def _xattrs(self, path: str) -> tuple[tuple[bytes, bytes], ...]:
+        """The extended attributes of a path (a point's own folder: from the head of its
+        replay, without building its tree; Linux has none on symlinks)."""
         w = self._where(path)
-        if w.point is None and w.ino < POINT_INO:
-            return []
-        e = self._node(path).entry
-        return [] if e.kind == model.SYMLINK else [os.fsdecode(k) for k, _ in e.xattrs]
+        if w.point is not None:
+            return self._head(w.point).xattrs
+        node = self.trees.node(w.ino) if w.ino >= POINT_INO else None
+        if node is None or node.entry.kind == model.SYMLINK:
+            return ()
+        return node.entry.xattrs
+
+    def listxattr(self, path: str) -> list[str]:
+        return [os.fsdecode(k) for k, _ in self._xattrs(path)]
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        w = self._where(path)
-        if w.point is None and w.ino < POINT_INO:
-            raise mfusepy.FuseOSError(errno.ENODATA)
-        e = self._node(path).entry
         key = os.fsencode(name)
-        for k, v in e.xattrs if e.kind != model.SYMLINK else ():
+        for k, v in self._xattrs(path):
             if k == key:
                 return v
         raise mfusepy.FuseOSError(errno.ENODATA)

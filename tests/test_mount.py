@@ -246,6 +246,21 @@ def test_listing_reads_no_pack(history: tuple[str, Path], mounts: Mounts, tmp_pa
     assert summary["points_built"] == points
 
 
+def test_listing_the_points_builds_no_tree(
+    history: tuple[str, Path], mounts: Mounts, tmp_path: Path
+) -> None:
+    """ls -l of layers/ and at/ (stat and xattrs of every point) replays no whole tree:
+    a repository has one at/ folder per commit."""
+    url, _ = history
+    m = mounts(tmp_path / "mnt", url)
+    for folder in ("", "layers", "at"):
+        subprocess.run(["ls", "-la", str(m.point / folder)], check=True, capture_output=True)
+        for name in os.listdir(m.point / folder):
+            os.listxattr(m.point / folder / name)
+    assert m.stop() == 0
+    assert m.summary()["points_built"] == 0
+
+
 # --- reading only what is needed ----------------------------------------------------
 
 

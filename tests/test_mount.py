@@ -482,3 +482,56 @@ def test_profile_names_the_repository_and_keyring(
     m = mounts(tmp_path / "mnt", extra=("--config", str(config), "--profile", "home"))
     assert (m.point / "latest/new-top").read_bytes() == b"changed in the partial layer\n"
     assert m.stop() == 0
+
+
+def test_versions_gc_removed_are_absent_and_counted(
+    keyring, mounts: Mounts, tmp_path: Path
+) -> None:
+    """After the cap made gc expire layers, an old point shows what restore --at gives
+    (versions gc removed are absent, never wrong) and the mount says how many."""
+    from test_gc import _round, _store_size
+
+    url = str(tmp_path / "repo")
+    repo = new_repo(url, keyring)
+    rng = random.Random(3)
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    for i in range(30):
+        (src / "docs" / f"note{i:02d}.txt").write_bytes(rng.randbytes(1500))
+    (src / "big.bin").write_bytes(rng.randbytes(150_000))
+    opts = BackupOptions(pack_size=64 << 10)
+    run_backup(repo, str(src), opts)
+    opts.cap = 4 * _store_size(url)
+    for n in range(1, 16):
+        _round(src, rng, n)
+        result = run_backup(Repository.open(open_backend(url), keyring.home), str(src), opts)
+        if result.gc and result.gc.deleted_layers and n >= 6:
+            break
+    repo = Repository.open(open_backend(url), keyring.home)
+    repo.refresh()
+    layers = sorted({h.layer for h in repo.packs})
+    assert layers[0] > 0, "gc expired no layer"
+    m = mounts(tmp_path / "mnt", url)
+    assert sorted(os.listdir(m.point / "layers"), key=int) == [str(n) for n in layers]
+    folders = [f"layers/{n}" for n in layers] + [f"at/{t}" for t in os.listdir(m.point / "at")]
+    lost: dict[str, int] = {}
+    for i, folder in enumerate(folders):
+        layer, when = parse_at(folder.split("/")[1])
+        out = tmp_path / f"expected{i}"
+        opts = RestoreOptions(str(out), at_layer=layer, at_time=when)
+        problems = run_restore([repo], opts).problems
+        assert all("removed by gc" in why for _, why in problems)
+        lost[folder] = len(problems)
+        assert snapshot(m.point / folder) == snapshot(out), folder
+    assert m.stop() == 0
+    said = {
+        w["path"]: w["message"]
+        for w in (json.loads(x) for x in m.out.splitlines() if "removed by gc" in x)
+    }
+    assert said == {
+        folder: f"{k} version(s) of this point were removed by gc with an expired "
+        "layer: absent, not wrong"
+        for folder, k in lost.items()
+        if k
+    }
+    assert any(lost.values()), "no point lost a version to gc"

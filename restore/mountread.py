@@ -241,9 +241,7 @@ class FrameCache:
             try:
                 zst = self._download(origin, seq, None if whole else frame, work)
             except _UNREADABLE as exc:
-                if (origin, seq) not in self._reported:
-                    self._reported.add((origin, seq))
-                    self.report(header.data_key, f"its files give EIO: {exc}")
+                self._report_once(origin, seq, f"its files give EIO: {exc}")
                 raise Unreadable(str(exc)) from exc
             if not os.path.basename(zst).startswith(PARTIAL_PREFIX):  # the whole pack
                 whole = True
@@ -260,9 +258,16 @@ class FrameCache:
                 try:
                     rows = _unpack(zst, start, length, self._file(where), where)
                 except _UNREADABLE as exc:
-                    self.report(header.data_key, f"unreadable once decrypted: {exc}")
+                    self._report_once(origin, seq, f"unreadable once decrypted: {exc}")
                     raise Unreadable(str(exc)) from exc
                 self._keep(where, rows)
+
+    def _report_once(self, origin: int, seq: int, message: str) -> None:
+        with self._lock:
+            first = (origin, seq) not in self._reported
+            self._reported.add((origin, seq))
+        if first:
+            self.report(self.repos[origin].by_seq[seq].data_key, message)
 
     def _keep(self, where: tuple[int, int, int], rows: list[tuple[object, ...]]) -> None:
         size = os.path.getsize(self._file(where))

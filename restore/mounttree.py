@@ -52,7 +52,6 @@ CREATE TABLE IF NOT EXISTS node (
 );
 CREATE INDEX IF NOT EXISTS node_name ON node (parent, name);
 CREATE INDEX IF NOT EXISTS node_path ON node (point, path);
-CREATE TABLE IF NOT EXISTS point (id INTEGER PRIMARY KEY, root INTEGER NOT NULL);
 """
 
 
@@ -157,7 +156,6 @@ class Trees:
         try:
             root = self._insert_all(point, items)
             self._link(point)
-            db.execute("INSERT INTO point (id, root) VALUES (?, ?)", (point.id, root))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

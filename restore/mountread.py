@@ -37,7 +37,7 @@ from blanket.model import Entry
 from blanket.packer import member_path, part_member_path
 from blanket.repo import Repository
 from blanket.restore.fetch import fetch_from_any
-from blanket.restore.ranged import PARTIAL_PREFIX, fetch_frames
+from blanket.restore.ranged import PARTIAL_PREFIX, PARTIAL_UP_TO, fetch_frames
 from blanket.restore.tarread import TarReader
 
 __all__ = ["FrameCache", "Segment", "Unreadable", "segments_of"]
@@ -236,7 +236,11 @@ class FrameCache:
         header = self.repos[origin].by_seq[seq]
         frames = header.frames
         total = sum(f.size for f in frames)
-        whole = frame == WHOLE or (origin, seq) in self._whole or frames[frame].size * 2 > total
+        whole = (
+            frame == WHOLE
+            or (origin, seq) in self._whole
+            or frames[frame].size > PARTIAL_UP_TO * total
+        )
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=self.folder) as work:
             try:
                 zst = self._download(origin, seq, None if whole else frame, work)

@@ -90,10 +90,12 @@ def points_of(repos: list[Repository]) -> list[Point]:
     (``restore --at`` of the folder's name gives the same tree)."""
     from blanket.units import parse_at
 
-    first = repos[0]
+    ends: dict[int, int] = {}  # layer -> when it was last written (Repository.layer_end)
+    for h in repos[0].packs:
+        ends[h.layer] = max(ends.get(h.layer, h.created), h.created)
     found = [Point(0, "latest", None)]
-    for layer in sorted({h.layer for h in first.packs}):
-        found.append(Point(len(found), f"layers/{layer}", first.layer_end(layer)))
+    for layer in sorted(ends):
+        found.append(Point(len(found), f"layers/{layer}", ends[layer]))
     names = sorted({at_name(h.created) for r in repos for h in r.packs})
     for name in names:
         found.append(Point(len(found), f"at/{name}", parse_at(name)[1]))

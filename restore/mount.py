@@ -27,7 +27,6 @@ from typing import Any
 
 from blanket import model
 from blanket.errors import BlanketError
-from blanket.merge import Located
 from blanket.model import Entry
 from blanket.repo import Repository
 from blanket.restore.fuselib import use_libfuse3
@@ -178,10 +177,8 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             head = self._heads.get(point.id)
         if head is None:
-            head = Entry(model.DIR, model.ROOT, mode=0o755, mtime_ns=self.started)
-            first: Located | None = next(iter(self.trees.replayed(point.when)), None)
-            if first is not None and first.entry.path == model.ROOT:
-                head = first.entry
+            found = self.trees.head(point.when)
+            head = found or Entry(model.DIR, model.ROOT, mode=0o755, mtime_ns=self.started)
             with self._lock:
                 self._heads[point.id] = head
         return head

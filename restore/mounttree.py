@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from blanket import model
@@ -35,6 +35,7 @@ __all__ = ["INO_BASE", "Node", "Point", "Trees", "at_name", "points_of"]
 
 INO_BASE = 1 << 32  # tree inodes are rowids above this; the folders around them below
 _BATCH = 5000
+_NOT_VERSIONS = (model.PART, model.LOST)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -125,6 +126,7 @@ class Trees:
         )
         self._lock = threading.RLock()
         self._roots: dict[int, int] = {}
+        self._tops: list[tuple[Located, int | None]] | None = None
         self.lost: dict[int, int] = {}  # point -> versions gc removed that it would show
 
     def close(self) -> None:
@@ -147,6 +149,37 @@ class Trees:
         """The points whose trees are built."""
         with self._lock:
             return list(self._roots)
+
+    def head(self, when: int | None) -> Entry | None:
+        """The entry of the source's top folder as of ``when`` (None: latest), as the
+        replay gives it, without replaying the tree: the top folder's versions are the
+        first entries of the layers and of gc's records, collected once."""
+        with self._lock:
+            if self._tops is None:
+                self._tops = list(self._top_versions())
+            tops = self._tops
+        streams = [
+            [item]
+            for item, until in tops
+            if until is None or (when is not None and item.entry.since <= when < until)
+        ]
+        first = next(replay(streams, at=when), None)
+        return first.entry if first is not None else None
+
+    def _top_versions(self) -> Iterator[tuple[Located, int | None]]:
+        """Every recorded version of the top folder: ``(version, None)`` from a layer,
+        ``(version, until)`` kept by a gc record (current from ``since`` to ``until``)."""
+        for origin, repo in enumerate(self.repos):
+            for stream in repo.layer_streams():
+                first = next(iter(stream), None)
+                if first is not None and first.entry.path == model.ROOT:
+                    yield replace(first, origin=origin), None
+            for h in repo.headers:
+                if not h.gc_record:
+                    continue
+                e = next(iter(repo.entries(h.seq)), None)
+                if e is not None and e.path == model.ROOT and e.kind not in _NOT_VERSIONS:
+                    yield Located(e, h.seq, h.layer, origin), e.until or 1 << 63
 
     def replayed(self, when: int | None) -> Iterator[Located]:
         """The tree as of ``when`` (None: latest), as restore replays it."""

@@ -62,7 +62,9 @@ class MountStats:
     points_built: int = 0
 
 
-def _eio(exc: BaseException | None = None) -> mfusepy.FuseOSError:
+def _eio() -> mfusepy.FuseOSError:
+    """What a read of content that cannot be had intact gets (the cause is reported
+    once by the frame cache)."""
     return mfusepy.FuseOSError(errno.EIO)
 
 
@@ -161,7 +163,7 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         try:
             ino = self.trees.root(point)
         except (BlanketError, ValueError, OSError) as exc:
-            raise _eio(exc) from exc
+            raise _eio() from exc
         with self._lock:
             lost = self.trees.lost.pop(point.id, 0)
         if lost:
@@ -201,8 +203,7 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         w = self._where(path)
         if w.point is not None:
-            attrs = _attrs(self._head(w.point), POINT_INO + w.point.id, 1)
-            return attrs
+            return _attrs(self._head(w.point), POINT_INO + w.point.id, 1)
         if w.ino < POINT_INO:
             return self._folder_attrs(w.ino)
         node = self.trees.node(w.ino)
@@ -288,7 +289,7 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         try:
             segments = segments_of(self.repos, node.entry, node.origin, node.seq)
         except (Unreadable, BlanketError, ValueError, OSError) as exc:
-            raise _eio(exc) from exc
+            raise _eio() from exc
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
@@ -304,7 +305,7 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         try:
             return self.cache.read(segments, offset, size)
         except (Unreadable, BlanketError, ValueError, OSError) as exc:
-            raise _eio(exc) from exc
+            raise _eio() from exc
 
     def release(self, path: str, fh: int) -> int:
         with self._lock:

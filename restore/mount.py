@@ -105,6 +105,7 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         self.on_mounted = on_mounted
         self.started = time.time_ns()
         self._heads: dict[int, Entry] = {}  # point -> its top folder's entry
+        self._broken: set[int] = set()  # points whose tree could not be replayed
         self._folders: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._handles: dict[int, list[Segment]] = {}
         self._next_fh = 1
@@ -163,6 +164,11 @@ class BlanketFS(mfusepy.Operations):  # type: ignore[misc]
         try:
             ino = self.trees.root(point)
         except (BlanketError, ValueError, OSError) as exc:
+            with self._lock:
+                first = point.id not in self._broken
+                self._broken.add(point.id)
+            if first:
+                self.cache.report(point.folder, f"cannot show it: {exc}")
             raise _eio() from exc
         with self._lock:
             lost = self.trees.lost.pop(point.id, 0)

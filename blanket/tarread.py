@@ -106,6 +106,11 @@ class Member:
         self._sparse = sparse
 
     @property
+    def sparse(self) -> list[tuple[int, int]] | None:
+        """A sparse member's data segments ``(offset, length)``, stored back to back."""
+        return self._sparse
+
+    @property
     def is_file(self) -> bool:
         return self.type in _REGULAR
 
@@ -158,8 +163,15 @@ class TarReader:
         self.serial = 0  # which member's content may be read
         self.data_left = 0  # that member's stored bytes not read yet
         self._skip = 0  # padding (and unread data) before the next header
+        self._taken = 0  # bytes ``read`` gave so far
 
     # --- bytes ----------------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """Where in the stream the next byte to be used lies: right after ``next``, the
+        start of a member's stored data (after its sparse map, if it has one)."""
+        return self._taken - self._avail()
 
     def _avail(self) -> int:
         return len(self._buf) - self._pos
@@ -168,6 +180,7 @@ class TarReader:
         """At least ``n`` bytes in the buffer; False if the stream ends first."""
         while self._avail() < n and not self._eof:
             more = self._read(max(READ, n - self._avail()))
+            self._taken += len(more)
             if not more:
                 self._eof = True
             elif self._avail():

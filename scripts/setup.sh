@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything blanket needs on a fresh machine, idempotently:
-# the gpg, zstd and tar binaries (from Debian's packages when missing) and a virtual
+# the gpg, zstd and tar binaries and libfuse 3 with fusermount3 for 'blanket mount'
+# (from Debian's packages when missing) and a virtual
 # environment in .venv with blanket and its test tools installed in editable mode.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again at any time.
 set -euo pipefail
@@ -8,16 +9,16 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
 missing=()
-for tool in gpg zstd tar; do
+for tool in gpg zstd tar fusermount3; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing[*]} from Debian's packages" >&2
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnupg zstd tar >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnupg zstd tar fuse3 >/dev/null
   else
-    echo "setup: blanket needs ${missing[*]}; install them (e.g. 'sudo apt-get install gnupg zstd tar') and run again" >&2
+    echo "setup: blanket needs ${missing[*]}; install them (e.g. 'sudo apt-get install gnupg zstd tar fuse3') and run again" >&2
     exit 1
   fi
 fi

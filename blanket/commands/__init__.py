@@ -24,6 +24,7 @@ HELPS: dict[str, str] = {
     "gc": "plan and apply expiry within the cap (no downloads unless --keep-history)",
     "sync": "copy the committed objects a second store lacks (it becomes a replica)",
     "keys": "show the keys and their rotations, or rotate them (keys rotate --sign-key ...)",
+    "mount": "show every point in time as read-only files (FUSE) until unmounted",
     "config": "check the config file (check) or show its profiles (show)",
 }
 NAMES = tuple(HELPS)

@@ -94,9 +94,12 @@ def test_write_only_laptop_backs_up_and_cannot_read_a_pack(
     for meta in store_objects(Path(repo), "index") + store_objects(Path(repo), "log"):
         assert decrypts(keys.laptop, meta) and decrypts(keys.recovery, meta), meta
 
-    # restore, cat, deep verify and --keep-history refuse on the laptop: exit 12, one line
+    # restore, cat, mount, deep verify and --keep-history refuse on the laptop: exit 12,
+    # one line
+    (tmp_path / "mnt").mkdir()
     for command in (
         ("restore", "--to", str(tmp_path / "no")),
+        ("mount", str(tmp_path / "mnt")),
         ("restore", "--to", "-"),
         ("cat", "secret.txt"),
         ("verify", "--deep"),
@@ -108,6 +111,7 @@ def test_write_only_laptop_backs_up_and_cannot_read_a_pack(
         assert len(lines) == 1 and "secret key of one of the repository's recipients" in lines[0]
         assert "swordfish" not in run.out
     assert not (tmp_path / "no").exists()
+    assert not os.path.ismount(tmp_path / "mnt") and not list((tmp_path / "mnt").iterdir())
 
     # a second machine with the recovery key alone restores everything, exactly
     out = tmp_path / "out"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from blanket import model
+from blanket import model, pgpstream
 from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.merge import Located, replay
@@ -173,7 +173,10 @@ class _Restore:
         worker process (restore.workers), judged here in order."""
         self.workdir = workdir
         work, done = partial(self.write_pack, plan, writer), partial(self.pack_written, writer)
-        with PackWorkers(self.workers(plan), work, done) as workers:
+        processes = self.workers(plan)
+        if processes:
+            pgpstream.preload()  # once, before the workers are forked
+        with PackWorkers(processes, work, done) as workers:
             with Prefetcher(partial(self.fetch, workdir), FETCH_AHEAD) as pre:
                 jobs = itertools.chain(
                     self.pack_jobs(plan, writer), self.split_jobs(plan, writer, pre)
@@ -204,10 +207,11 @@ class _Restore:
             for key in job.keys:
                 pre.want(key)
 
-    def fetch(self, workdir: str, key: PackKey) -> str:
+    def fetch(self, workdir: str, key: PackKey) -> pgpstream.Source:
         """Runs on the prefetch thread: only reads the repository's fixed state. Only the
         frames that hold the wanted files when that saves much (restore.ranged), else
-        (and whenever that fails for any reason) the whole pack."""
+        (and whenever that fails for any reason) the whole pack, checked against its
+        index and sealed with its session key, decrypted where it is read (pgpstream)."""
         repo = self.repos[key[0]]
         header = repo.by_seq[key[1]]
         chosen = self.frames.pop(key, None)
@@ -217,7 +221,7 @@ class _Restore:
                     return fetch_frames(backend, repo.gpg, header, chosen, workdir, self.meter)
                 except (ValueError, BlanketError):
                     continue  # pgprange.LayoutError is a ValueError; the whole pack says more
-        return fetch_from_any(repo.backends, repo.gpg, header, workdir, self.meter)
+        return pgpstream.fetch_sealed_from_any(repo.backends, repo.gpg, header, workdir, self.meter)
 
     def meter(self, n: int) -> None:
         """Count bytes read from a store (called from the prefetch thread too)."""
@@ -362,7 +366,13 @@ class _Restore:
         workers.submit(origin, seq, done, zst)
 
     def write_pack(
-        self, plan: Plan, writer: SafeWriter, origin: int, seq: int, done: int, zst: str
+        self,
+        plan: Plan,
+        writer: SafeWriter,
+        origin: int,
+        seq: int,
+        done: int,
+        zst: pgpstream.Source,
     ) -> PackOutcome:
         """In a worker: write the files of a pack from its plaintext ``zst`` (then
         removed); the first ``done`` are already in place. Only reports: nothing here is
@@ -374,9 +384,12 @@ class _Restore:
         try:
             write_members(zst, (origin, seq), pending, partial(put_file, writer, out.report))
         except UNREADABLE as exc:
-            out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
+            if not isinstance(zst, pgpstream.Sealed):  # else gpg reads the rest (pack_written)
+                out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
         out.left = list(itertools.chain(*pending.values()))
-        out.partial = os.path.basename(zst).startswith(PARTIAL_PREFIX)
+        out.partial = isinstance(zst, pgpstream.Sealed) or (
+            os.path.basename(zst).startswith(PARTIAL_PREFIX)
+        )
         return out
 
     def pack_written(self, writer: SafeWriter, out: PackOutcome) -> None:
@@ -390,7 +403,8 @@ class _Restore:
         why = out.unreadable
         if out.left and out.partial and why is None:
             pending = by_member(out.left)
-            try:  # not in the frames read (it should have been): read the whole pack
+            try:  # not in the frames read (it should have been), or not readable without
+                # gpg (it should have been): gpg reads the whole pack
                 whole = self.fetch_whole(origin, seq)
                 put = partial(put_file, writer, self.file_done)
                 write_members(whole, out.where, pending, put)

@@ -24,10 +24,11 @@ makes, and return the plaintext's path (as ``restore.fetch.fetch_plaintext`` doe
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from blanket.backends.base import Backend, download_to
@@ -37,38 +38,127 @@ from blanket.indexfmt import IndexHeader
 from blanket.pgprange import HEAD_BYTES, LayoutError, SessionKey, _header, _length, _what
 from blanket.pgprange import session_key as _session_key
 
-__all__ = ["Sealed", "Source", "fetch_sealed", "fetch_sealed_from_any", "open_source", "remove"]
+__all__ = [
+    "InStore",
+    "Readable",
+    "Sealed",
+    "Source",
+    "fetch_sealed",
+    "fetch_sealed_from_any",
+    "load",
+    "open_source",
+    "remove",
+]
 
 BLOCK = 1 << 20  # bytes read, hashed, decrypted at a time
+IN_MEMORY = 64 << 20  # a local store's packs up to this size are read whole by the reader
 _MDC_PACKET = b"\xd3\x14"  # new-format tag 19, 20 bytes: the SHA-1 of the modification check
 
 
 @dataclass(frozen=True)
 class Sealed:
-    """A pack's data object in a private file whose size and SHA-256 matched its signed
-    index, with the session key that decrypts it."""
+    """A pack's data object whose size and SHA-256 matched its signed index, in a private
+    file (``path``) or in memory (``data``), with the session key that decrypts it."""
 
     path: str
     key: SessionKey
     what: str  # the object's name, for messages
+    data: bytes | None = field(default=None, repr=False)
 
 
-Source = str | Sealed  # the path of a pack's verified zstd stream, or a sealed pack
+@dataclass(frozen=True)
+class InStore:
+    """A pack on a local store (the ``store``-th of the repository's), not read yet: the
+    process that decrypts it reads it whole into memory, hashing it (:func:`load`), and
+    checks it there, so what it decrypts is what was hashed. ``head`` is the SHA-256 of
+    the first bytes that gave the session key ``key``."""
+
+    store: int
+    what: str
+    size: int
+    sha256: str
+    key: SessionKey
+    head: str
+
+
+Readable = str | Sealed  # the path of a pack's verified zstd stream, or a sealed pack
+Source = Readable | InStore  # or one still to be read
 Meter = Callable[[int], None]  # told how many bytes were read from a store
 
 
 def fetch_sealed_from_any(
-    backends: list[Backend], gpg: Gpg, header: IndexHeader, workdir: str, meter: Meter | None = None
+    backends: list[Backend],
+    gpg: Gpg,
+    header: IndexHeader,
+    workdir: str,
+    meter: Meter | None = None,
+    *,
+    in_place: bool = False,
 ) -> Source:
     """The pack of ``header`` from the first store whose copy matches its index (a mesh
-    of mirrors); raises ``IntegrityError`` naming each store's trouble if none does."""
+    of mirrors); raises ``IntegrityError`` naming each store's trouble if none does.
+    ``in_place``: a local store's pack of the right size is left where it is, for the
+    reader to :func:`load` (which checks its hash)."""
     reasons = []
-    for backend in backends:
+    for i, backend in enumerate(backends):
         try:
+            if in_place and header.data_size <= IN_MEMORY:
+                found = _in_store(backend, i, gpg, header, meter)
+                if found is not None:
+                    return found
             return fetch_sealed(backend, gpg, header, workdir, meter)
         except (NotFound, IntegrityError, StoreError) as exc:
             reasons.append(f"{backend.describe()}: {exc}")
     raise IntegrityError(f"no intact copy of {header.data_key} ({'; '.join(reasons)})")
+
+
+def _in_store(
+    backend: Backend, i: int, gpg: Gpg, header: IndexHeader, meter: Meter | None
+) -> InStore | None:
+    """The pack of ``header`` on a local store, its session key had from its head; None
+    where the store is not local or the pack is not laid out as this module reads."""
+    local = backend.open_local(header.data_key)
+    if local is None:
+        return None
+    with local:
+        size = os.fstat(local.fileno()).st_size
+        head = local.read(HEAD_BYTES)
+    if size != header.data_size:
+        raise IntegrityError(
+            f"{header.data_key} does not match its index (size {size}, expected "
+            f"{header.data_size}; damaged, truncated or swapped)"
+        )
+    try:
+        key = _session_key(gpg, head)
+        with _Reader(io.BytesIO(head), key, header.data_key) as reader:
+            reader.start()
+    except (LayoutError, CryptoError):
+        return None  # copied and read the long way, which says more
+    if meter is not None:
+        meter(size)  # read by the reader, in one go
+    digest = hashlib.sha256(head).hexdigest()
+    return InStore(i, header.data_key, size, header.data_sha256, key, digest)
+
+
+def load(backend: Backend, pack: InStore) -> Sealed:
+    """Read the pack ``pack`` names from ``backend`` into memory, hashing it, and check it
+    against its index (and its head against the one that gave its key). Raises
+    ``IntegrityError`` when it does not match (the caller reads it the long way)."""
+    local = backend.open_local(pack.what)
+    if local is None:
+        raise IntegrityError(f"{pack.what} is no longer on a local store")
+    with local:
+        data = local.read(pack.size + 1)
+    if (
+        len(data) != pack.size
+        or hashlib.sha256(data).hexdigest() != pack.sha256
+        or hashlib.sha256(data[:HEAD_BYTES]).hexdigest() != pack.head
+    ):
+        raise IntegrityError(
+            f"{pack.what} does not match its index (size {len(data)}, expected "
+            f"{pack.size}; damaged, truncated or swapped)"
+        )
+    return Sealed("", pack.key, pack.what, data)
 
 
 def fetch_sealed(
@@ -136,21 +226,26 @@ def _seal(gpg: Gpg, path: str) -> SessionKey:
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
     key = _session_key(gpg, head)
-    with _Reader(path, key, path) as reader:
+    with _Reader(open(path, "rb", buffering=0), key, path) as reader:  # noqa: SIM115
         reader.start()
     return key
 
 
-def open_source(source: Source) -> BinaryIO:
+def open_source(source: Readable) -> BinaryIO:
     """A pack's zstd stream, to read from its start: a plaintext file, or a sealed pack
     decrypted as it is read (trouble there raises ``IntegrityError``)."""
     if isinstance(source, Sealed):
-        return _Reader(source.path, source.key, source.what)  # type: ignore[return-value]
+        if source.data is not None:
+            return _Reader(io.BytesIO(source.data), source.key, source.what)  # type: ignore[return-value]
+        raw = open(source.path, "rb", buffering=0)  # noqa: SIM115
+        return _Reader(raw, source.key, source.what)  # type: ignore[return-value]
     return open(source, "rb", buffering=0)
 
 
 def remove(source: Source) -> None:
     """Remove what a pack's source left in the work folder (if anything)."""
+    if isinstance(source, InStore) or (isinstance(source, Sealed) and not source.path):
+        return
     try:
         os.unlink(source.path if isinstance(source, Sealed) else source)
     except FileNotFoundError:
@@ -160,9 +255,9 @@ def remove(source: Source) -> None:
 class _Reader:
     """The literal data of a sealed pack, decrypted as it is read (``read(n)``)."""
 
-    def __init__(self, path: str, key: SessionKey, what: str) -> None:
+    def __init__(self, raw: BinaryIO, key: SessionKey, what: str) -> None:
         self.what = what
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115
+        self._file = raw
         self._data = self._literal(key)
         self._buf, self._pos = b"", 0
 

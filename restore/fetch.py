@@ -26,7 +26,7 @@ from blanket.backends.base import Backend, download_to
 from blanket.crypto import Gpg
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
-from blanket.pgpstream import Source, open_source, remove
+from blanket.pgpstream import Readable, Source, open_source, remove
 from blanket.restore.tarread import Member, TarReader
 
 __all__ = ["HashingSink", "Member", "Prefetcher", "fetch_from_any", "fetch_plaintext", "members"]
@@ -118,7 +118,7 @@ def _check_copy(key: str, header: IndexHeader, hashing: HashingSink) -> None:
         )
 
 
-def members(zst_path: Source) -> Iterator[Member]:
+def members(zst_path: Readable) -> Iterator[Member]:
     """The pack's members in stored order, named as in the tar (member names are only
     looked up, never used as paths). A member's content is read before the next member.
     ``zst_path`` is a verified plaintext, or a checked pack decrypted as it is read

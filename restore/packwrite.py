@@ -17,7 +17,7 @@ import zstandard
 from blanket.errors import IntegrityError
 from blanket.model import Entry
 from blanket.packer import member_name
-from blanket.pgpstream import Source, remove
+from blanket.pgpstream import Readable, remove
 from blanket.restore.fetch import members
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 
@@ -42,7 +42,7 @@ Content = bytes | Iterator[bytes]
 
 
 def write_members(
-    zst: Source,
+    zst: Readable,
     where: PackKey,
     pending: dict[bytes, list[Entry]],
     put: Callable[[PackKey, Entry, Content], None],

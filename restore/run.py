@@ -221,7 +221,19 @@ class _Restore:
                     return fetch_frames(backend, repo.gpg, header, chosen, workdir, self.meter)
                 except (ValueError, BlanketError):
                     continue  # pgprange.LayoutError is a ValueError; the whole pack says more
-        return pgpstream.fetch_sealed_from_any(repo.backends, repo.gpg, header, workdir, self.meter)
+        return pgpstream.fetch_sealed_from_any(
+            repo.backends, repo.gpg, header, workdir, self.meter, in_place=True
+        )
+
+    def readable(self, origin: int, seq: int, source: pgpstream.Source) -> pgpstream.Readable:
+        """A pack's source, read now if it was left in its (local) store; a copy that
+        does not match its index there is read the long way (any store, gpg)."""
+        if not isinstance(source, pgpstream.InStore):
+            return source
+        try:
+            return pgpstream.load(self.repos[origin].backends[source.store], source)
+        except BlanketError:
+            return self.fetch_whole(origin, seq)
 
     def meter(self, n: int) -> None:
         """Count bytes read from a store (called from the prefetch thread too)."""
@@ -382,13 +394,14 @@ class _Restore:
         pending = by_member(wanted)
         del wanted
         try:
+            zst = self.readable(origin, seq, zst)
             write_members(zst, (origin, seq), pending, partial(put_file, writer, out.report))
         except UNREADABLE as exc:
             if not isinstance(zst, pgpstream.Sealed):  # else gpg reads the rest (pack_written)
                 out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
         out.left = list(itertools.chain(*pending.values()))
         out.partial = isinstance(zst, pgpstream.Sealed) or (
-            os.path.basename(zst).startswith(PARTIAL_PREFIX)
+            isinstance(zst, str) and os.path.basename(zst).startswith(PARTIAL_PREFIX)
         )
         return out
 
@@ -431,7 +444,8 @@ class _Restore:
         workers: PackWorkers[PackOutcome],
     ) -> None:
         """A split file, written here from its parts as their packs come."""
-        job = SplitContent(self.repos[origin], parts, lambda s: pre.take((origin, s)))
+        take = lambda s: self.readable(origin, s, pre.take((origin, s)))  # noqa: E731
+        job = SplitContent(self.repos[origin], parts, take)
         put_file(writer, self.file_done, (origin, seq), e, job.chunks())
         self.result.packs_read += job.packs_read
 

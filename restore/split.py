@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from blanket.errors import IntegrityError
 from blanket.model import Entry
 from blanket.packer import part_member_name
-from blanket.pgpstream import Source, remove
+from blanket.pgpstream import Readable, remove
 from blanket.repo import Repository
 from blanket.restore.fetch import members
 
@@ -20,7 +20,7 @@ class SplitContent:
     """The content of a split file, streamed from its parts across consecutive packs."""
 
     def __init__(
-        self, repo: Repository, parts: list[tuple[int, Entry]], take: Callable[[int], Source]
+        self, repo: Repository, parts: list[tuple[int, Entry]], take: Callable[[int], Readable]
     ) -> None:
         self.repo, self.parts, self.take = repo, parts, take
         self.packs_read = 0

@@ -23,7 +23,15 @@ from blanket.backends.memory import MemoryBackend
 from blanket.crypto import PUBKEY, SYMMETRIC, EncryptProcess, Gpg, KeySpec
 from blanket.errors import IntegrityError, WrongKey
 from blanket.indexfmt import IndexHeader
-from blanket.pgpstream import Sealed, fetch_sealed, fetch_sealed_from_any, open_source, remove
+from blanket.pgpstream import (
+    InStore,
+    Sealed,
+    fetch_sealed,
+    fetch_sealed_from_any,
+    load,
+    open_source,
+    remove,
+)
 
 MiB = 1 << 20
 PASSPHRASE = "correct horse"
@@ -202,3 +210,72 @@ def test_a_wrong_key_is_a_wrong_key(gpgs: dict[str, Gpg], tmp_path: Path) -> Non
     with pytest.raises(WrongKey):
         fetch_sealed(backend, wrong, _header(obj), str(work))
     assert not list(work.iterdir())
+
+
+@pytest.mark.parametrize("mode", [PUBKEY, SYMMETRIC])
+def test_a_local_pack_is_read_whole_by_its_reader(
+    gpgs: dict[str, Gpg], mode: str, tmp_path: Path
+) -> None:
+    """A local store's pack is not copied: the reader reads it into memory, hashing it,
+    and checks it there."""
+    backend = _store("local", tmp_path)
+    data = os.urandom(3 * MiB + 5)
+    obj = _encrypt(gpgs[mode], data, tmp_path / "pack")
+    backend.put(KEY, obj)
+    work = tmp_path / "work"
+    work.mkdir()
+    read: list[int] = []
+    found = fetch_sealed_from_any(
+        [backend], gpgs[mode], _header(obj), str(work), read.append, in_place=True
+    )
+    assert isinstance(found, InStore) and sum(read) == len(obj)
+    assert not list(work.iterdir())
+    sealed = load(backend, found)
+    assert _read(sealed) == data
+    remove(sealed)
+    assert (tmp_path / "store" / KEY).exists()  # the store's object is left alone
+
+
+@pytest.mark.parametrize("change", ["flip", "grow", "head-forged-at-fetch"])
+def test_a_local_pack_changed_after_it_was_found_gives_nothing(
+    gpgs: dict[str, Gpg], change: str, tmp_path: Path
+) -> None:
+    """The store's file changes between the fetch (which took the session key from its
+    head) and the read: the hash (or the head's) no longer matches, nothing is used."""
+    gpg = gpgs[PUBKEY]
+    backend = _store("local", tmp_path)
+    obj = _encrypt(gpg, os.urandom(200_000), tmp_path / "pack")
+    other = _encrypt(gpg, os.urandom(200_000), tmp_path / "pack")
+    assert len(other) == len(obj)
+    path = tmp_path / "store" / KEY
+    if change == "head-forged-at-fetch":  # another pack's head (and key) while fetched,
+        backend.put(KEY, other[:20_000] + obj[20_000:])  # the true pack when read
+    else:
+        backend.put(KEY, obj)
+    found = fetch_sealed_from_any([backend], gpg, _header(obj), str(tmp_path), in_place=True)
+    assert isinstance(found, InStore)
+    path.chmod(0o644)
+    if change == "flip":
+        bad = bytearray(obj)
+        bad[len(bad) // 2] ^= 1
+        path.write_bytes(bytes(bad))
+    elif change == "grow":
+        path.write_bytes(obj + b"\0")
+    else:
+        path.write_bytes(obj)
+    with pytest.raises(IntegrityError, match="does not match its index"):
+        load(backend, found)
+
+
+def test_a_truncated_local_copy_sends_the_mesh_to_the_next_store(
+    gpgs: dict[str, Gpg], tmp_path: Path
+) -> None:
+    gpg = gpgs[PUBKEY]
+    data = os.urandom(50_000)
+    obj = _encrypt(gpg, data, tmp_path / "pack")
+    local = _store("local", tmp_path)
+    local.put(KEY, obj[:-10])
+    good = MemoryBackend()
+    good.put(KEY, obj)
+    found = fetch_sealed_from_any([local, good], gpg, _header(obj), str(tmp_path), in_place=True)
+    assert isinstance(found, Sealed) and _read(found) == data

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from blanket import indexfmt
+from blanket import indexfmt, model
 from blanket.backends.base import Backend
 from blanket.chain import index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
@@ -234,15 +234,22 @@ class Repository:
             ) from exc
 
     def layer_streams(
-        self, *, up_to_layer: int | None = None, at: int | None = None
+        self,
+        *,
+        up_to_layer: int | None = None,
+        at: int | None = None,
+        within: list[bytes] | None = None,
     ) -> list[Iterator[Located]]:
         """One clock-sorted stream per layer, for :func:`blanket.merge.replay`; with
         ``at`` (a replay as of that time), also one per gc record holding versions that
         gc kept, filtered to those current at ``at``. The latest state (no ``at``) never
-        sees kept versions."""
+        sees kept versions. With ``within`` (subtrees), only the packs whose clock range
+        can hold a path within them or one of their ancestors are read: the streams
+        then hold (at least) those paths, and the replay of them is right."""
         by_layer: dict[int, list[IndexHeader]] = {}
         for h in self.headers:
-            if up_to_layer is None or h.layer <= up_to_layer:
+            wanted = within is None or h.gc_record or _may_hold(h, within)
+            if (up_to_layer is None or h.layer <= up_to_layer) and wanted:
                 by_layer.setdefault(h.layer, []).append(h)
         streams = [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
         if at is not None:
@@ -357,3 +364,25 @@ def _missing(backend: Backend) -> str:
         f"no blanket repository at {backend.describe()}; "
         "create one with 'blanket init --repo URL --key FINGERPRINT'"
     )
+
+
+def _may_hold(h: IndexHeader, tops: list[bytes]) -> bool:
+    """Whether the pack of ``h``, which holds paths of the clock range (``clock_from``,
+    ``clock_to``], may hold a path within one of ``tops`` or an ancestor of one (a
+    deletion marker of an ancestor removes the subtree)."""
+    if any(t == model.ROOT for t in tops):
+        return True
+    lo = None if h.clock_from is None else model.clock_key(h.clock_from)
+    hi = model.clock_key(h.clock_to)
+    for top in tops:
+        key = model.clock_key(top)
+        after_lo = lo is None or lo < key or model.is_within(h.clock_from or b"", top)
+        if after_lo and key <= hi:  # the range reaches into the subtree
+            return True
+        p = top
+        while p != model.ROOT:
+            p = model.parent_of(p)
+            key = model.clock_key(p)
+            if (lo is None or lo < key) and key <= hi:
+                return True
+    return False

@@ -76,10 +76,12 @@ def _streams(
     at_layer: int | None,
     skip: set[tuple[int, int, bytes]],
     at: int | None = None,
+    tops: list[bytes] | None = None,
 ) -> list[Iterable[Located]]:
     """Every layer of every repository (and, as of time ``at``, the old versions gc kept),
     tagged with its origin, without the versions in ``skip`` ((origin, seq, path) of
-    content found damaged)."""
+    content found damaged); with ``tops``, only the packs that can hold those subtrees
+    (or their ancestors)."""
 
     def tagged(origin: int, stream: Iterable[Located]) -> Iterator[Located]:
         for item in stream:
@@ -89,7 +91,7 @@ def _streams(
     return [
         tagged(origin, stream)
         for origin, repo in enumerate(repos)
-        for stream in repo.layer_streams(up_to_layer=at_layer, at=at)
+        for stream in repo.layer_streams(up_to_layer=at_layer, at=at, within=tops or None)
     ]
 
 
@@ -109,7 +111,7 @@ class _Restore:
 
     def plan(self, workdir: str, tops: list[bytes], *, exact: bool = False) -> Plan:
         o = self.opts
-        streams = _streams(self.repos, o.at_layer, self.skip, o.at_time)
+        streams = _streams(self.repos, o.at_layer, self.skip, o.at_time, tops)
         plan = Plan(workdir)
         try:
             for item in select(replay(streams, at=o.at_time), tops):
@@ -133,8 +135,8 @@ class _Restore:
         }
         if not outside:
             return
-        streams = _streams(self.repos, self.opts.at_layer, self.skip, self.opts.at_time)
         wanted = sorted(outside, key=model.clock_key)
+        streams = _streams(self.repos, self.opts.at_layer, self.skip, self.opts.at_time, wanted)
         sources = {
             item.entry.path: item
             for item in select(replay(streams, at=self.opts.at_time), wanted)

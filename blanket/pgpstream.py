@@ -52,6 +52,7 @@ __all__ = [
 
 BLOCK = 1 << 20  # bytes read, hashed, decrypted at a time
 IN_MEMORY = 64 << 20  # a local store's packs up to this size are read whole by the reader
+_GPG_HEADER, _GPG_STEP = 0xED, 1 + 8192  # the header of gpg's 8 KiB partial chunk, and its step
 _MDC_PACKET = b"\xd3\x14"  # new-format tag 19, 20 bytes: the SHA-1 of the modification check
 
 
@@ -376,10 +377,15 @@ def _body(blocks: Iterator[bytes], buf: bytes) -> Generator[bytes, None, bytes]:
     """The body of a packet whose length header starts ``buf``, the stream going on in
     ``blocks``: yielded in pieces (a block's worth at a time), partial-length chunk
     headers removed; returns what follows the body in the last block read."""
-    pos, parts = 0, list[memoryview]()
+    pos, parts, view = 0, list[memoryview](), memoryview(buf)
     while True:
-        if len(buf) - pos < 5:  # a length header is at most 5 bytes
+        end = len(buf)
+        while pos + _GPG_STEP <= end and buf[pos] == _GPG_HEADER:  # gpg's usual chunks
+            parts.append(view[pos + 1 : pos + _GPG_STEP])
+            pos += _GPG_STEP
+        if end - pos < 5:  # a length header is at most 5 bytes
             buf, pos = _fill(buf[pos:], blocks, 5), 0
+            view = memoryview(buf)
         n, hlen, final = _length(buf, pos)
         pos += hlen
         while n:
@@ -390,9 +396,9 @@ def _body(blocks: Iterator[bytes], buf: bytes) -> Generator[bytes, None, bytes]:
                 nxt = next(blocks, None)
                 if nxt is None:
                     raise LayoutError("the packet ends early (truncated)")
-                buf, pos = nxt, 0
+                buf, pos, view = nxt, 0, memoryview(nxt)
             k = min(n, len(buf) - pos)
-            parts.append(memoryview(buf)[pos : pos + k])
+            parts.append(view[pos : pos + k])
             pos, n = pos + k, n - k
         if final:
             if parts:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 from blanket import model, pgpstream
 from blanket.errors import BlanketError, IntegrityError, UsageError
@@ -174,7 +175,7 @@ class _Restore:
         fetched and verified while one is written; a whole pack's files are written by a
         worker process (restore.workers), judged here in order."""
         self.workdir = workdir
-        work, done = partial(self.write_pack, plan, writer), partial(self.pack_written, writer)
+        work, done = partial(self.work, plan, writer), partial(self.pack_written, writer)
         processes = self.workers(plan)
         if processes:
             pgpstream.preload()  # once, before the workers are forked
@@ -377,7 +378,7 @@ class _Restore:
                 self.content_failed(origin, seq, e, str(exc))
             return
         self.result.packs_read += 1
-        workers.submit(origin, seq, done, zst)
+        workers.submit("pack", origin, seq, done, zst)
 
     def write_pack(
         self,
@@ -445,11 +446,45 @@ class _Restore:
         writer: SafeWriter,
         workers: PackWorkers[PackOutcome],
     ) -> None:
-        """A split file, written here from its parts as their packs come."""
-        take = lambda s: self.readable(origin, s, pre.take((origin, s)))  # noqa: E731
-        job = SplitContent(self.repos[origin], parts, take)
-        put_file(writer, self.file_done, (origin, seq), e, job.chunks())
-        self.result.packs_read += job.packs_read
+        """A split file, handed to a worker once the packs of its parts are fetched."""
+        sources: dict[int, pgpstream.Source] = {}
+        try:
+            for s, _ in itertools.groupby(parts, key=lambda sp: sp[0]):
+                sources[s] = pre.take((origin, s))
+        except IntegrityError as exc:
+            for source in sources.values():
+                pgpstream.remove(source)
+            self.content_failed(origin, seq, e, str(exc))
+            return
+        self.result.packs_read += len(sources)
+        workers.submit("split", origin, seq, e, parts, sources)
+
+    def work(self, plan: Plan, writer: SafeWriter, kind: str, *args: Any) -> PackOutcome:
+        """In a worker: write a pack's files, or a split file (``kind``)."""
+        if kind == "split":
+            return self.write_split(writer, *args)
+        return self.write_pack(plan, writer, *args)
+
+    def write_split(
+        self,
+        writer: SafeWriter,
+        origin: int,
+        seq: int,
+        e: Entry,
+        parts: list[tuple[int, Entry]],
+        sources: dict[int, pgpstream.Source],
+    ) -> PackOutcome:
+        """In a worker: write split file ``e`` from its parts in the packs ``sources``
+        (each removed once read); only reports, like ``write_pack``."""
+        out = PackOutcome((origin, seq), 0)
+        take = lambda s: self.readable(origin, s, sources.pop(s))  # noqa: E731
+        try:
+            job = SplitContent(self.repos[origin], parts, take)
+            put_file(writer, out.report, (origin, seq), e, job.chunks())
+        finally:
+            for source in sources.values():  # the packs of parts not reached
+                pgpstream.remove(source)
+        return out
 
     def file_done(
         self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,24 +244,28 @@ class Repository:
         ``at`` (a replay as of that time), also one per gc record holding versions that
         gc kept, filtered to those current at ``at``. The latest state (no ``at``) never
         sees kept versions. With ``within`` (subtrees), only the packs whose clock range
-        can hold a path within them or one of their ancestors are read: the streams
-        then hold (at least) those paths, and the replay of them is right."""
+        can hold a path within them or one of their ancestors are read, and only those
+        paths are streamed: a path's replay depends on its own entries and its
+        ancestors' alone, so the replay of them is right."""
         by_layer: dict[int, list[IndexHeader]] = {}
         for h in self.headers:
             wanted = within is None or h.gc_record or _may_hold(h, within)
             if (up_to_layer is None or h.layer <= up_to_layer) and wanted:
                 by_layer.setdefault(h.layer, []).append(h)
-        streams = [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
+        near = _near(within) if within is not None else None
+        streams = [self._layer_stream(hs, near) for _, hs in sorted(by_layer.items())]
         if at is not None:
             streams += [self.history_stream(h, at) for h in self.headers if h.gc_record]
         return streams
 
-    def _layer_stream(self, headers: list[IndexHeader]) -> Iterator[Located]:
+    def _layer_stream(
+        self, headers: list[IndexHeader], near: Callable[[bytes], bool] | None = None
+    ) -> Iterator[Located]:
         for h in headers:
             if h.gc_record:
                 continue
             for e in self.entries(h.seq):
-                if e.kind != PART:
+                if e.kind != PART and (near is None or near(e.path)):
                     yield Located(e, h.seq, h.layer)
 
     def parts_of(self, seq: int, e: Entry) -> list[tuple[int, Entry]]:
@@ -386,3 +390,17 @@ def _may_hold(h: IndexHeader, tops: list[bytes]) -> bool:
             if (lo is None or lo < key) and key <= hi:
                 return True
     return False
+
+
+def _near(tops: list[bytes]) -> Callable[[bytes], bool] | None:
+    """Whether a path lies within one of ``tops`` or is an ancestor of one (None: all do)."""
+    if any(t == model.ROOT for t in tops):
+        return None
+    exact, prefixes = set(tops), tuple(t + b"/" for t in tops)
+    for top in tops:
+        p = top
+        while p != model.ROOT:
+            p = model.parent_of(p)
+            exact.add(p)
+    exact.add(model.ROOT)
+    return lambda path: path in exact or path.startswith(prefixes)

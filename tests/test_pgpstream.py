@@ -279,3 +279,36 @@ def test_a_truncated_local_copy_sends_the_mesh_to_the_next_store(
     good.put(KEY, obj)
     found = fetch_sealed_from_any([local, good], gpg, _header(obj), str(tmp_path), in_place=True)
     assert isinstance(found, Sealed) and _read(found) == data
+
+
+def test_a_restore_runs_gpg_for_session_keys_only(
+    repo: Any, repo_url: str, keyring: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real restore, with worker processes: gpg (the real one, behind a logging
+    shim first in PATH) gives each pack's session key and never decrypts a whole pack."""
+    from blanket.backup import BackupOptions, run_backup
+    from blanket.repo import Repository
+    from blanket.restore.run import RestoreOptions, run_restore
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    files = {f"d/f{i}": os.urandom(300_000) for i in range(12)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    result = run_backup(repo, str(src), BackupOptions(pack_size=1 << 20))
+    assert result.packs >= 3
+    real = subprocess.run(["which", "gpg"], capture_output=True, text=True).stdout.strip()
+    shim, log = tmp_path / "bin", tmp_path / "gpg.log"
+    shim.mkdir()
+    (shim / "gpg").write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    (shim / "gpg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    fresh = Repository.open(open_backend(repo_url), keyring.home)
+    out = tmp_path / "out"
+    r = run_restore(fresh, RestoreOptions(str(out), workers=2))
+    assert r.problems == [] and r.packs_read >= 3
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data
+    runs = log.read_text().splitlines()
+    assert sum("--show-session-key" in run for run in runs) == r.packs_read
+    assert not [run for run in runs if "--output" in run]  # no whole pack through gpg

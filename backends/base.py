@@ -107,11 +107,20 @@ class Backend(ABC):
     """A dumb object store: atomic puts, whole and ranged reads, sorted listing, deletes.
 
     Every method that takes a key checks it with :func:`check_key` first.
+
+    Besides the abstract methods, the contract has three *optional capabilities*, with
+    defaults that every store satisfies: :meth:`put_file` (store a finished local file;
+    default: :meth:`put` of it), :meth:`open_local` (the object as a local file to read
+    in place; default: None) and :attr:`cheap_reads` (default: False). A store that can
+    do better overrides them; every wrapper passes them through (``BackendWrapper``), so
+    callers ask the contract, never the concrete class.
     """
 
-    #: True where reading an object costs no more than hashing it (a local disk): verify
-    #: then hashes objects whose store keeps no checksum of its own.
-    cheap_reads = False
+    @property
+    def cheap_reads(self) -> bool:
+        """True where reading an object costs no more than hashing it (a local disk):
+        verify then hashes objects whose store keeps no checksum of its own."""
+        return False
 
     @abstractmethod
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:

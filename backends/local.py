@@ -27,10 +27,11 @@ from blanket.backends.base import (
     is_valid_key,
     read_chunks,
 )
-from blanket.errors import AlreadyExists, NotFound, StoreError
+from blanket.errors import AlreadyExists, NotFound, PermissionDenied, StoreError
 
 # errno values that mean "there is no object under this key".
 _MISSING = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})  # refused, not failed
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SUBDIR = _DIR | os.O_NOFOLLOW
 
@@ -38,7 +39,9 @@ _SUBDIR = _DIR | os.O_NOFOLLOW
 class LocalBackend(Backend):
     """Objects as files under ``root``; the constructor never creates ``root``."""
 
-    cheap_reads = True
+    @property
+    def cheap_reads(self) -> bool:
+        return True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(os.path.abspath(root))
@@ -146,7 +149,8 @@ class LocalBackend(Backend):
             yield
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise StoreError(f"{self.describe()}: cannot {action} {key!r}: {reason}") from exc
+            error = PermissionDenied if exc.errno in _DENIED else StoreError
+            raise error(f"{self.describe()}: cannot {action} {key!r}: {reason}") from exc
 
     def _open_parent(self, key: str, *, create: bool = False) -> tuple[int, str]:
         """Open the directory that holds ``key``'s file and return its descriptor (the

@@ -22,6 +22,7 @@ from blanket.errors import (
     AlreadyExists,
     BadRange,
     NotFound,
+    PermissionDenied,
     StoreError,
     TransientStoreError,
 )
@@ -53,6 +54,9 @@ _TRANSIENT_CODES = frozenset(
 )
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchVersion"})
+# Refused to these credentials (a policy), as opposed to credentials that do not work.
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled"})
+_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
 _HINTS = {
     "AccessDenied": "check the credentials and the bucket policy",
     "AllAccessDisabled": "check the credentials and the bucket policy",
@@ -88,6 +92,8 @@ def translate(exc: Exception, where: str) -> StoreError:
             return BadRange(message)
         if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
             return TransientStoreError(message)
+        if code in _DENIED_CODES or (status == 403 and code not in _CREDENTIAL_CODES):
+            return PermissionDenied(message)
         return StoreError(message)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return StoreError(

@@ -1596,9 +1596,10 @@ def summarize_profile(prof: Path, run: Run, top: int = 30) -> None:
         ("packer.py", "finish", "PackWriter.finish (end the tar and zstd streams)"),
         ("packer.py", "wait", "Sealing.wait (wait for gpg, hash the spool; commit thread)"),
         ("packer.py", "__init__", "PackWriter.__init__ (start gpg)"),
-        ("backup.py", "seen", "walk + stat + entry_for (generator)"),
-        ("backup.py", "prior", "replay of prior layers (generator)"),
-        ("backup.py", "store_file", "store_file (read, hash, tar header, hand to zstd)"),
+        ("backup.py", "walked", "walk + stat (generator)"),
+        ("backup.py", "describe", "entry_for (the join's describe)"),
+        ("backup.py", "__iter__", "replay of prior layers (generator)"),
+        ("assemble.py", "store_file", "store_file (read, hash, tar header, hand to zstd)"),
     ):
         t, n = ct(file_part, func)
         print(f"  cumulative {label:60s} {t:7.2f} s  ({n} calls)")

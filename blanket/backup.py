@@ -1,50 +1,48 @@
 """One backup run: continue the clock from its pointer, record what changed, commit packs.
 
-The run walks the source from the clock pointer, compares every path with the state that
-replaying the committed layers gives (``blanket.changes``), writes what changed into packs
-and commits each pack as soon as it is sealed (size, time or entry-count target). It
-stops at the end of the tree (the pass, and so the layer, is complete), or earlier when
-asked to (time or byte budget, a signal); either way everything sealed is committed.
+A run is three parts with one job each, joined by explicit arguments:
+
+* the pass driver (``_Pass``, here): walks the source from the clock pointer, compares
+  every path with the state that replaying the committed layers gives (a merge-join,
+  ``blanket.changes.diff``, which hands each path's prior version to ``scan``), keeps
+  the budgets (time, bytes, a signal) and stops;
+* the pack assembler (``blanket.assemble.PackAssembler``): members, split files, and
+  when to seal a pack (size, time or entry-count target);
+* the commit sink (``blanket.committer.CommitSink``): commits each sealed pack in order
+  on its own thread, with the local state and the lease.
+
+It stops at the end of the tree (the pass, and so the layer, is complete), or earlier
+when asked to; either way everything sealed is committed. The run replays the layers
+once: that replay feeds the merge-join and then gives the pass's coverage.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from blanket import model, reading, scan
+from blanket import model, scan
+from blanket.assemble import LinkGroups, PackAssembler
 from blanket.changes import Delete, Emit, Keep, Seen, diff
-from blanket.committer import Committer, Sealed
+from blanket.committer import CommitSink
 from blanket.errors import BlanketError, UsageError
-from blanket.events import (
-    FileStored,
-    Listener,
-    PackCommitted,
-    Position,
-    Reading,
-    SourceWarning,
-    ignore,
-)
+from blanket.events import Listener, Position, SourceWarning, ignore
 from blanket.exclude import Excluder
 from blanket.expiry import current_expire_below
-from blanket.frames import Compressors
-from blanket.gc import GcResult, collect
-from blanket.indexfmt import IndexHeader, escape, render_index, unescape
+from blanket.gc import GcResult, collect, plan_for_pass
+from blanket.indexfmt import unescape
 from blanket.lock import RepoLock
 from blanket.merge import Located, replay
 from blanket.model import Entry
-from blanket.packer import PackWriter, inner_index
 from blanket.repo import Repository
-from blanket.walker import walk
+from blanket.walker import WalkItem, walk
 
 MiB = 1 << 20
-SMALL_FILE = 4 * MiB  # read whole before packing, so a torn copy never reaches the tar
-MIN_PART = 64 << 10
 
 
 @dataclass
@@ -113,57 +111,82 @@ def _check_source(repo: Repository, source: bytes, host: str) -> None:
         )
 
 
-class _Run:
-    """The state of one run; ``go`` does the work."""
+class _Prior:
+    """The run's one replay of the committed layers: the prior state after the clock
+    pointer, for the merge-join, counting as it goes what the coverage needs."""
+
+    def __init__(self, repo: Repository, pointer: bytes | None) -> None:
+        self._after = b"" if pointer is None else model.clock_key(pointer)
+        self._replay = replay(repo.layer_streams())
+        self._skipped = pointer is not None
+        self.before = 0  # entries at or before the pointer
+        self.given = 0  # entries handed to the join
+        self._recent: deque[bytes] = deque(maxlen=8)  # keys of the last ones handed over
+
+    def __iter__(self) -> Iterator[Located]:
+        for located in self._replay:
+            if self._skipped and located.entry.key <= self._after:
+                self.before += 1
+                continue
+            self.given += 1
+            self._recent.append(located.entry.key)
+            yield located
+
+    def coverage(self, last: bytes) -> float | None:
+        """The share of the replayed tree at or before ``last``: the rest of the same
+        replay is counted (the join may have stopped early), never replayed again."""
+        key = model.clock_key(last)
+        beyond = sum(1 for k in self._recent if k > key)  # the join looks ahead a little
+        rest = sum(1 for _ in self._replay)
+        total = self.before + self.given + rest
+        return (self.before + self.given - beyond) / total if total else None
+
+
+class _Pass:
+    """The pass driver: walk, compare, budgets, stop. See the module doc."""
 
     def __init__(
         self,
         repo: Repository,
         source: bytes,
         opts: BackupOptions,
+        *,
+        expire_below: int,
+        renew: Callable[[], None],
         listener: Listener,
         stop: threading.Event,
         clock: Callable[[], int],
     ) -> None:
         self.repo, self.source, self.opts = repo, source, opts
         self.listener, self.stop, self.clock = listener, stop, clock
-        self.host = socket.gethostname()
         self.pos = _position(repo)
-        self.result = BackupResult(layer=self.pos.layer)
+        self.expire_below = expire_below
+        self.result = BackupResult(layer=self.pos.layer, expire_below=expire_below)
         self.started = time.monotonic()
         self.since_floor = max((h.created for h in repo.headers), default=0)
-        self.links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path of group
-        if self.pos.pointer is not None:  # resuming a pass: groups met by earlier runs
-            saved = repo.state.load_links(self.pos.layer)
-            self.links = {k: unescape(v) for k, v in saved.items()}
-        self.leaders: dict[bytes, tuple[int, int]] = {}
-        self.pack: PackWriter | None = None
-        self.pack_started = 0.0
-        self.pack_from: bytes | None = self.pos.pointer
-        self.last_path: bytes | None = self.pos.pointer
-        self.on_commit: Callable[[], None] = lambda: None
-        self.part_size = max(opts.pack_size, MIN_PART)
-        self.pending_parts = self._pending_parts()
-        self.stopping = False
-        self.expire_below = current_expire_below(repo.headers)
+        saved = repo.state.load_links(self.pos.layer) if self.pos.pointer is not None else {}
+        self.links = LinkGroups({k: unescape(v) for k, v in saved.items()})
         self.shown_at = 0.0  # when a Position event was last sent
-        self.seq = repo.next_seq()  # of the next pack this run seals
-        self.zstd = Compressors(opts.level)  # zstd contexts, lent to the run's packs in turn
-        self.committer = Committer(self.commit, self.record)
-
-    def _pending_parts(self) -> dict[bytes, list[Entry]]:
-        """Parts of a split file committed by a run that stopped inside that file: they
-        sit in the trailing commits of this layer that did not move the clock on."""
-        found: dict[bytes, list[Entry]] = {}
-        if self.pos.pointer is None:
-            return found
-        for h in reversed(self.repo.packs):
-            if h.layer != self.pos.layer or h.clock_to != self.pos.pointer:
-                break
-            for e in self.repo.entries(h.seq):
-                if e.kind == model.PART:
-                    found.setdefault(e.path, []).append(e)
-        return found
+        self.sink = CommitSink(repo, layer=self.pos.layer, renew=renew, listener=listener)
+        self.packs = PackAssembler(
+            repo,
+            source,
+            layer=self.pos.layer,
+            layer_pack=self.pos.layer_pack,
+            pointer=self.pos.pointer,
+            expire_below=expire_below,
+            host=socket.gethostname(),
+            pack_size=opts.pack_size,
+            pack_entries=opts.pack_entries,
+            pack_seconds=opts.pack_seconds,
+            level=opts.level,
+            links=self.links,
+            sink=self.sink,
+            now=self.now,
+            warn=self.warn,
+            out_of_budget=self.out_of_budget,
+            listener=listener,
+        )
 
     def now(self) -> int:
         """Entry times never go backwards, even if the system clock does."""
@@ -175,9 +198,19 @@ class _Run:
         self.result.warnings.append((path, message))
         self.listener(SourceWarning(path, message))
 
-    # --- the walk side ---------------------------------------------------------------
+    def out_of_budget(self) -> bool:
+        o = self.opts
+        return (
+            self.stop.is_set()
+            or (o.max_seconds is not None and time.monotonic() - self.started >= o.max_seconds)
+            or (o.max_bytes is not None and self.packs.bytes_read >= o.max_bytes)
+        )
 
-    def seen(self, excluder: Excluder) -> Iterator[Seen]:
+    # --- the walk side of the join ------------------------------------------------------
+
+    def walked(self, excluder: Excluder) -> Iterator[WalkItem | Seen]:
+        """The walk from the pointer: items to describe, and paths that could not be
+        walked (already ``Seen``, opaque: the prior state below them is kept)."""
         errors: list[bytes] = []
 
         def on_error(path: bytes, exc: OSError) -> None:
@@ -187,303 +220,82 @@ class _Run:
         for item in walk(self.source, after=self.pos.pointer, excluder=excluder, on_error=on_error):
             yield from (Seen(p, None, opaque=True) for p in errors if p != item.path)
             errors.clear()
-            try:
-                entry = scan.entry_for(self.source, item, since=self.now())
-            except OSError as exc:
-                self.warn(item.path, exc.strerror or str(exc))
-                yield Seen(item.path, None, opaque=True)
-                continue
-            if entry is None:
-                continue
-            yield Seen(item.path, self._linked(entry, item.st), opaque=item.listing_failed)
+            yield item
         yield from (Seen(p, None, opaque=True) for p in errors)
 
-    def _linked(self, entry: Entry, st: os.stat_result) -> Entry:
-        """Store a hard-linked file once: later paths of the group point at the first
-        (dropped from the map if its content could not be stored)."""
-        if entry.kind != model.FILE or st.st_nlink < 2:
-            return entry
-        group = (st.st_dev, st.st_ino)
-        first = self.links.setdefault(group, entry.path)
-        if first == entry.path:
-            self.leaders[entry.path] = group
-            return entry
-        return model.evolve(entry, kind=model.HARDLINK, target=first, sparse=())
-
-    def prior(self) -> Iterator[Located]:
-        after = b"" if self.pos.pointer is None else model.clock_key(self.pos.pointer)
-        for located in replay(self.repo.layer_streams()):
-            if self.pos.pointer is None or located.entry.key > after:
-                yield located
-
-    # --- the pack side ---------------------------------------------------------------
-
-    def writer(self) -> PackWriter:
-        if self.pack is None:
-            self.pack = PackWriter(
-                self.repo.gpg, str(self.repo.state.spool_dir), compressors=self.zstd
-            )
-            self.pack_started = time.monotonic()
-        return self.pack
-
-    def store_file(self, e: Entry) -> None:
-        """Read and pack one file; per-file trouble is a warning and the run goes on."""
+    def describe(self, item: WalkItem | Seen, prior: Entry | None) -> Seen | None:
+        """One walked path as the join compares it; ``prior`` is the version the prior
+        state holds for it, when that version may be taken as it is."""
+        if isinstance(item, Seen):
+            return item
         try:
-            fd = scan.open_for_read(self.source, e.path)
+            entry = scan.entry_for(self.source, item, since=self.now(), prior=prior)
         except OSError as exc:
-            stored: Entry | str = f"cannot read: {exc.strerror or exc}"
-        else:
-            try:
-                stored = self._pack_content(fd, e)
-            finally:
-                os.close(fd)
-        if isinstance(stored, str):
-            if not self.stopping:
-                self.warn(e.path, stored)
-            group = self.leaders.pop(e.path, None)
-            if group is not None:  # later names of this file must not point at it
-                del self.links[group]
-            return
-        self.result.files += 1
-        if not stored.parts:
-            self.result.bytes_read += stored.size
-        self.listener(FileStored(e.path, stored.size))
-
-    def _pack_content(self, fd: int, e: Entry) -> Entry | str:
-        """The stored entry, or why the file could not be stored."""
-        if not e.sparse and e.size > self.part_size:
-            return self._pack_split(fd, e)
-        if e.size <= SMALL_FILE:
-            chunks = reading.read_settled(fd, e)
-            if chunks == reading.CHANGED and not e.sparse:  # changed since the walk: retry
-                e = _restat(e, os.fstat(fd), self.now())
-                chunks = reading.read_settled(fd, e)
-            return chunks if isinstance(chunks, str) else self.writer().add_read(e, chunks)
-        torn: list[str] = []
-        stored = self.writer().add_file(
-            e, self._heartbeat(e.path, e.size, reading.stream(fd, e, torn), 0)
-        )
-        if torn:
-            self.writer().entries.pop()  # the torn member stays in the tar, unindexed
-            return torn[0]
-        return stored
-
-    def _pack_split(self, fd: int, e: Entry) -> Entry | str:
-        """Store a file larger than a pack as parts in consecutive packs, each committed
-        as it fills; after an interruption, continue after the last committed part."""
-        offset, count, since, whole = self._resume_parts(fd, e)
-        while offset < e.size:
-            length = min(self.part_size, e.size - offset)
-            if self.pack is not None and self.pack.packed_bytes + length > self.opts.pack_size:
-                self.seal(complete=False)  # one part per pack, not two that overflow it
-            torn: list[str] = []
-            part = model.evolve(
-                e, kind=model.PART, offset=offset, length=length, since=since, sha256=""
-            )
-            chunks = reading.read_range(fd, offset, length, torn)
-            data = _hashing(self._heartbeat(e.path, e.size, chunks, offset), whole)
-            self.writer().add_part(part, data)
-            if torn or not reading.same(os.fstat(fd), e):
-                self.writer().entries.pop()
-                return torn[0] if torn else reading.CHANGED
-            offset += length
-            count += 1
-            self.result.bytes_read += length
-            if self.due() or (offset < e.size and self.out_of_budget()):
-                self.seal(complete=False)
-            if offset < e.size and self.out_of_budget():
-                self.stopping = True
-                return "stopped inside this file; the next run continues it"
-        final = model.evolve(e, sha256=whole.hexdigest(), parts=count, since=since)
-        self.writer().note(final)
-        return final
-
-    def _heartbeat(
-        self, path: bytes, size: int, chunks: Iterator[bytes], done: int
-    ) -> Iterator[bytes]:
-        for chunk in chunks:
-            done += len(chunk)
-            self.listener(Reading(path, done, size))
-            yield chunk
-
-    def _resume_parts(self, fd: int, e: Entry) -> tuple[int, int, int, hashlib._Hash]:
-        """Parts of ``e`` that an interrupted run committed, checked against the file as
-        it is now (re-read and hashed locally; nothing is downloaded). Returns where to
-        go on: ``(offset, parts so far, since of the version, hash of what is before)``."""
-        fresh = (0, 0, e.since, hashlib.sha256())
-        parts = self.pending_parts.get(e.path, [])
-        if not parts:
-            return fresh
-        since = parts[-1].since
-        chain = sorted((p for p in parts if p.since == since), key=lambda p: p.offset)
-        whole = hashlib.sha256()
-        offset = 0
-        for p in chain:
-            stat_now = (e.size, e.mtime_ns, e.ctime_ns, e.ino)
-            if (p.size, p.mtime_ns, p.ctime_ns, p.ino) != stat_now or p.offset != offset:
-                return fresh
-            digest = hashlib.sha256()
-            torn: list[str] = []
-            for chunk in reading.read_range(fd, p.offset, p.length, torn):
-                digest.update(chunk)
-                whole.update(chunk)
-            if torn or digest.hexdigest() != p.sha256:
-                return fresh
-            offset += p.length
-        return offset, len(chain), since, whole
-
-    def due(self) -> bool:
-        p = self.pack
-        return p is not None and (
-            p.packed_bytes >= self.opts.pack_size
-            or len(p.entries) >= self.opts.pack_entries
-            or time.monotonic() - self.pack_started >= self.opts.pack_seconds
-        )
-
-    def seal(self, *, complete: bool, wait: bool = False) -> None:
-        """Finish the pack in hand and queue it for commit; ``wait`` until everything
-        queued is committed."""
-        pack = self.writer() if complete else self.pack
-        if pack is not None:
-            self.pack = None
-            header = IndexHeader(
-                repository=self.repo.config.id,
-                seq=self.seq,
-                layer=self.pos.layer,
-                layer_pack=self.pos.layer_pack,
-                full=self.pos.layer == 0,
-                clock_from=self.pack_from,
-                clock_to=self.last_path if self.last_path is not None else model.ROOT,
-                complete=complete,
-                created=self.now(),
-                source_host=self.host,
-                source_path=self.source,
-                entries=len(pack.entries),
-                prev_index_sha256="",  # filled in at commit; not in the pack's copy
-                expire_below=self.expire_below,
-            )
-            sealing = pack.finish(inner_index(render_index(header, pack.entries, with_data=False)))
-            self.seq += 1
-            self.pos.layer_pack += 1
-            self.pack_from = self.last_path
-            links = dict(self.links) if self.links else {}
-            sealed = Sealed(sealing, header, pack.entries, links)
-            self.committed(self.committer.submit(sealed))
-        if wait:
-            self.committed(self.committer.done(wait_for=-1))
-
-    def commit(self, sealed: Sealed) -> IndexHeader:
-        """On the committer thread: wait for gpg, then store the pack and its index."""
-        if self.repo.next_seq() != sealed.header.seq:
-            sealed.sealing.abort()
-            raise BlanketError(f"internal error: pack {sealed.header.seq} out of order")
-        return self.repo.commit(sealed.sealing.wait(), sealed.header, sealed.entries)
-
-    def record(self, final: IndexHeader, sealed: Sealed) -> None:
-        """On the committer thread, after a commit: the clock pointer and link groups."""
-        self.save_scan(pointer=final.clock_to, links=sealed.links)
-        self.on_commit()
-
-    def committed(self, finals: list[IndexHeader]) -> None:
-        """On the run thread: count and announce commits the committer finished."""
-        for final in finals:
-            self.result.packs += 1
-            self.listener(
-                PackCommitted(
-                    final.seq, final.layer, final.entries, final.data_size, final.clock_to
-                )
-            )
-
-    def save_scan(
-        self,
-        *,
-        done: bool = False,
-        pointer: bytes | None = None,
-        links: dict[tuple[int, int], bytes] | None = None,
-    ) -> None:
-        """Record in the local state how far the pass got (the last path, or
-        ``pointer``) and the hard-link groups met so far (or ``links``)."""
-        links = self.links if links is None else links
-        pointer = self.last_path if pointer is None else pointer
-        saved = {} if done else {k: escape(v) for k, v in links.items()}
-        self.repo.state.save_links(self.pos.layer, saved)
-        progress = self.repo.state.load()
-        progress.scan_layer = self.pos.layer
-        progress.scan_pointer = "" if done or pointer is None else escape(pointer)
-        self.repo.state.save(progress)
-
-    def out_of_budget(self) -> bool:
-        o = self.opts
-        return (
-            self.stop.is_set()
-            or (o.max_seconds is not None and time.monotonic() - self.started >= o.max_seconds)
-            or (o.max_bytes is not None and self.result.bytes_read >= o.max_bytes)
-        )
+            self.warn(item.path, exc.strerror or str(exc))
+            return Seen(item.path, None, opaque=True)
+        if entry is None:
+            return None
+        return Seen(item.path, self.links.linked(entry, item.st), opaque=item.listing_failed)
 
     # --- the run ---------------------------------------------------------------------
 
     def go(self) -> BackupResult:
-        excluder = Excluder(self.opts.excludes)
+        prior = _Prior(self.repo, self.pos.pointer)
+        packs, result = self.packs, self.result
         try:
             changes = diff(
-                self.seen(excluder),
-                self.prior(),
+                self.walked(Excluder(self.opts.excludes)),
+                prior,
                 full=self.pos.layer == 0,
                 expire_below=self.expire_below,
+                describe=self.describe,
             )
             for change in changes:
                 if isinstance(change, Emit):
                     e = change.entry
                     if e.kind == model.FILE:
-                        self.store_file(e)
+                        packs.store_file(e)
                     else:
-                        self.writer().add_meta(e)
-                    if not self.stopping:  # a split file stopped midway is not done
-                        self.last_path = e.path
+                        packs.add_meta(e)
+                    if not packs.stopping:  # a split file stopped midway is not done
+                        packs.reached(e.path)
                 elif isinstance(change, Delete):
-                    self.writer().add_meta(Entry(model.DELETED, change.path, since=self.now()))
-                    self.result.deleted += 1
-                    self.last_path = change.path
+                    packs.add_meta(Entry(model.DELETED, change.path, since=self.now()))
+                    result.deleted += 1
+                    packs.reached(change.path)
                 elif isinstance(change, Keep):
-                    self.last_path = change.path
-                if self.due():
-                    self.seal(complete=False)
+                    packs.reached(change.path)
+                if packs.due():
+                    packs.seal(complete=False)
                 else:
-                    self.committed(self.committer.done())
-                if time.monotonic() - self.shown_at >= 0.1 and self.last_path is not None:
+                    self.sink.collect()
+                if time.monotonic() - self.shown_at >= 0.1 and packs.last_path is not None:
                     self.shown_at = time.monotonic()
-                    self.listener(Position(self.last_path))
-                if self.stopping or self.out_of_budget():
-                    self.result.stopped_early = True
-                    self.seal(complete=False, wait=True)
-                    self.save_scan()
+                    self.listener(Position(packs.last_path))
+                if packs.stopping or self.out_of_budget():
+                    result.stopped_early = True
+                    packs.seal(complete=False, wait=True)
+                    self.sink.save_position(packs.last_path, self.links.escaped())
                     break
             else:
-                self.seal(complete=self.pack is not None or self.pos.layer_pack > 0, wait=True)
-                self.result.complete = True
-                self.save_scan(done=True)
+                packs.seal(complete=packs.pack is not None or packs.layer_pack > 0, wait=True)
+                result.complete = True
+                self.sink.save_position(None, {}, done=True)
         finally:
-            if self.pack is not None:
-                self.pack.abort()
-            self.committer.close()
-            self.zstd.clear()  # free zstd's contexts now, not when a traceback lets go
-        self.result.pointer = self.last_path
-        self.result.coverage = self.coverage()
-        return self.result
-
-    def coverage(self) -> float | None:
-        """How much of the pass is done, estimated as the share of the replayed tree at
-        or before the clock; unknown during the first pass (nothing to compare with)."""
-        if self.result.complete:
-            return 1.0
-        if self.pos.layer == 0 or self.last_path is None:
-            return None
-        key = model.clock_key(self.last_path)
-        total = done = 0
-        for located in replay(self.repo.layer_streams()):
-            total += 1
-            done += located.entry.key <= key
-        return done / total if total else None
+            packs.abort()
+            self.sink.close()  # queued commits finish, each whole or not at all
+            packs.close()
+        result.packs, result.files, result.bytes_read = (
+            self.sink.packs,
+            packs.files,
+            packs.bytes_read,
+        )
+        result.pointer = packs.last_path
+        if result.complete:
+            result.coverage = 1.0
+        elif self.pos.layer > 0 and packs.last_path is not None:
+            result.coverage = prior.coverage(packs.last_path)
+        return result
 
 
 def run_backup(
@@ -504,15 +316,22 @@ def run_backup(
         _check_source(repo, src, socket.gethostname())
         repo.state.clean_spool()
         repo.clean_leftovers()
-        run = _Run(repo, src, opts, listener, stop or threading.Event(), clock)
-        run.on_commit = lock.renew
+        expire_below = current_expire_below(repo.headers)
         if opts.cap is not None:
-            plan = collect(repo, cap=opts.cap, dry_run=True, keep_history=opts.keep_history).plan
+            plan = plan_for_pass(repo, cap=opts.cap, keep_history=opts.keep_history)
             if not plan.fits:
                 raise BlanketError(plan.message)
-            run.expire_below = max(run.expire_below, plan.expire_below)
-        result = run.go()
-        result.expire_below = run.expire_below
+            expire_below = max(expire_below, plan.expire_below)
+        result = _Pass(
+            repo,
+            src,
+            opts,
+            expire_below=expire_below,
+            renew=lock.renew,
+            listener=listener,
+            stop=stop or threading.Event(),
+            clock=clock,
+        ).go()
         if opts.cap is not None and result.complete:
             result.gc = collect(
                 repo, cap=opts.cap, keep_history=opts.keep_history, progress=lock.renew
@@ -524,17 +343,3 @@ def run_backup(
                     + ("; ".join(result.gc.warnings) or "raise --cap")
                 )
         return result
-
-
-def _hashing(chunks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
-    for chunk in chunks:
-        digest.update(chunk)
-        yield chunk
-
-
-def _restat(e: Entry, st: os.stat_result, since: int) -> Entry:
-    """``e`` brought up to date with a fresh ``fstat`` (for the one retry of a file that
-    changed between the walk and the read)."""
-    return replace(
-        e, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, since=since
-    )

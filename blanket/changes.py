@@ -10,13 +10,13 @@ directory the walk could not list (``opaque``), the prior state is kept as it is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, TypeVar, cast
 
 from blanket import model
 from blanket.merge import Located
 from blanket.model import Entry, fast_init
-from blanket.scan import prior_hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,44 +77,48 @@ def unchanged(prior: Entry, now: Entry) -> bool:
     )
 
 
+class Walked(Protocol):
+    """What a walk yields: at least the path."""
+
+    @property
+    def path(self) -> bytes: ...
+
+
+W = TypeVar("W", bound=Walked)
+
+#: Describes one walked item, given the prior version of its path when that version may
+#: be taken as it is if the stat data agree (else None): its ``Seen``, or None for what
+#: is not backed up (a socket).
+Describe = Callable[[W, Entry | None], Seen | None]
+
+
 def diff(
-    current: Iterable[Seen],
+    current: Iterable[W],
     prior: Iterable[Located],
     *,
     full: bool,
     expire_below: int = 0,
+    describe: Describe[W] | None = None,
 ) -> Iterator[Change]:
-    """The changes that turn ``prior`` into ``current``, in clock order.
+    """The changes that turn ``prior`` into ``current``, in clock order: a merge-join of
+    the walk with the replayed prior state.
 
     With ``full`` every walked entry is emitted (layer 0 records everything). An
     unchanged path whose current version lives in a layer below ``expire_below`` (an
     expiring layer) is emitted again with its original ``since``: the refresh that lets
     gc delete that layer without losing the latest state.
 
-    While it runs, the prior entry each walked path is about to be compared with is
-    offered to ``blanket.scan.entry_for`` (:func:`blanket.scan.prior_hint`), so that an
-    unchanged path costs its ``lstat`` and nothing more. No hint is given for a full
-    layer (everything is recorded afresh) or for a version in an expiring layer (it is
-    recorded again, so it is read in full).
+    ``current`` holds ``Seen`` items, or, with ``describe``, walked items that
+    ``describe`` turns into ``Seen`` once the join has found the prior version of the
+    same path: that version is its second argument (``blanket.scan.entry_for``'s
+    ``prior``), so an unchanged path costs its ``lstat`` and nothing more. None is given
+    for a full layer (everything is recorded afresh) or for a version in an expiring
+    layer (it is recorded again, so it is read in full).
     """
-    try:
-        yield from _diff(current, prior, full=full, expire_below=expire_below)
-    finally:
-        prior_hint(None)
-
-
-def _diff(
-    current: Iterable[Seen],
-    prior: Iterable[Located],
-    *,
-    full: bool,
-    expire_below: int,
-) -> Iterator[Change]:
     prior_it = iter(prior)
     nxt = next(prior_it, None)
     deleted_top: bytes | None = None
     opaque_top: bytes | None = None
-    hints = not full
 
     def vanished(p: Entry) -> Iterator[Change]:
         nonlocal deleted_top
@@ -127,14 +131,8 @@ def _diff(
 
     clock_key = model.clock_key
     nxt_key = b"" if nxt is None else clock_key(nxt.entry.path)
-    current_it = iter(current)
-    while True:
-        if hints:
-            prior_hint(None if nxt is None or nxt.layer < expire_below else nxt.entry)
-        seen = next(current_it, None)
-        if seen is None:
-            break
-        key = clock_key(seen.path)
+    for walked in current:
+        key = clock_key(walked.path)
         while nxt is not None and nxt_key < key:
             yield from vanished(nxt.entry)
             nxt = next(prior_it, None)
@@ -145,6 +143,16 @@ def _diff(
             before, nxt = nxt, next(prior_it, None)
             if nxt is not None:
                 nxt_key = clock_key(nxt.entry.path)
+        if describe is None:
+            seen: Seen | None = cast(Seen, walked)
+        else:
+            same = before is not None and not full and before.layer >= expire_below
+            seen = describe(walked, before.entry if same and before is not None else None)
+            if seen is None:  # not backed up (a socket): what was there has vanished
+                if before is not None:
+                    yield from vanished(before.entry)
+                continue
+        assert seen is not None
         if seen.entry is None:
             yield Keep(seen.path)
         elif before is None or full or not unchanged(before.entry, seen.entry):

@@ -11,7 +11,9 @@ are imported once the command line has been parsed (tests/test_startup.py counts
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -96,6 +98,11 @@ def _run(raw: list[str], parsed: argparse.Namespace | BlanketError) -> int:
     except KeyboardInterrupt:
         code, error = 130, "interrupted"
         out.error(error, code)
+    except (OSError, MemoryError) as exc:
+        if not _out_of_resources(exc):
+            raise
+        code, error = EXIT_FATAL, _resource_message(exc)
+        out.error(error, code)
     except BrokenPipeError:  # the reader of our stdout went away (| head): not our failure
         code = 0
         _silence_stdout()
@@ -138,6 +145,25 @@ def _finish(
         prometheus.write(path, units, codes, [cap] * len(units))
     except OSError as exc:
         out.error(f"cannot write the Prometheus file {path}: {exc.strerror}", code)
+
+
+def _out_of_resources(exc: BaseException) -> bool:
+    """Whether ``exc`` says the machine or the process ran out of something."""
+    limits = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in limits)
+
+
+def _resource_message(exc: BaseException) -> str:
+    """One line for running out of open files, memory or processes, and what to do."""
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"too many open files (this process may open {soft}); raise the limit "
+            "('ulimit -n 4096', or LimitNOFILE= in a systemd unit) and run again"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ENFILE:
+        return "the system has too many open files; close some programs and run again"
+    return "out of memory; close some programs (or raise 'ulimit -v') and run again"
 
 
 def _silence_stdout() -> None:

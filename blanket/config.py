@@ -38,9 +38,9 @@ from blanket.units import parse_duration, parse_size
 SIZES = ("cap", "pack_size", "max_bytes", "limit_upload", "limit_download")
 DURATIONS = ("pack_time", "if_older_than", "max_time")
 PATHS = ("gnupghome", "passphrase_file", "prometheus_file")
-TEXTS = ("key", "endpoint_url")
+TEXTS = ("key", "sign_key", "metadata_key", "endpoint_url")
 FLAGS = ("keep_history",)
-SETTINGS = (*SIZES, *DURATIONS, *PATHS, *TEXTS, *FLAGS, "excludes")
+SETTINGS = (*SIZES, *DURATIONS, *PATHS, *TEXTS, *FLAGS, "excludes", "encrypt_to")
 PROFILE_KEYS = (*SETTINGS, "source", "repository", "sources")
 SOURCE_KEYS = ("source", "repository", "excludes")
 TOP_KEYS = ("default", "defaults", "profiles")
@@ -154,6 +154,16 @@ def _settings(table: dict[str, Any], where: Where, report: Report) -> dict[str, 
                 report(at, 'must be a list of patterns, like [".cache/", "*.tmp"]')
                 continue
             values[key] = list(value)
+        elif key == "encrypt_to":
+            listed = [value] if isinstance(value, str) else value
+            if (
+                not isinstance(listed, list)
+                or not listed
+                or not all(isinstance(v, str) for v in listed)
+            ):
+                report(at, 'must be a fingerprint or a list of them, like ["0xABCD...", "..."]')
+                continue
+            values[key] = list(listed)
         elif key in FLAGS:
             if not isinstance(value, bool):
                 report(at, f"must be true or false, like {key} = true")

@@ -11,6 +11,7 @@ the passphrase and gpg's modification detection (MDC), which gpg enforces.
 from __future__ import annotations
 
 import copy
+import errno
 import fcntl
 import os
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO
 
 import gnupg
 
-from blanket.errors import CryptoError, IntegrityError, UsageError, WrongKey
+from blanket.errors import BlanketError, CryptoError, IntegrityError, UsageError, WrongKey
 from blanket.pump import Pump
 
 PUBKEY = "pubkey"
@@ -29,13 +30,35 @@ SYMMETRIC = "symmetric"
 _CIPHER = "AES256"
 
 
+class NoSecretKey(WrongKey):
+    """The keyring holds the secret key of none of an object's recipients."""
+
+
 @dataclass(frozen=True)
 class KeySpec:
-    """How a repository's objects are protected."""
+    """How a repository's objects are protected.
+
+    ``fingerprint`` signs everything (public-key mode). Packs are encrypted to
+    ``recipients`` (none given: to ``fingerprint`` itself, the one-key set-up of
+    ``init --key``); indexes, the config's copies and run records also to ``metadata``,
+    the key that lets the machine that backs up read its own indexes (docs/format.md).
+    """
 
     mode: str
     fingerprint: str = ""
     passphrase: str | None = None
+    recipients: tuple[str, ...] = ()
+    metadata: tuple[str, ...] = ()
+
+    @property
+    def content_recipients(self) -> tuple[str, ...]:
+        """Who can read the packs."""
+        return self.recipients or (self.fingerprint,)
+
+    @property
+    def metadata_recipients(self) -> tuple[str, ...]:
+        """Who can read the indexes: the pack recipients and the metadata key."""
+        return tuple(dict.fromkeys((*self.content_recipients, *self.metadata)))
 
 
 _PROBED: dict[str | None, Any] = {}  # gnupghome -> a python-gnupg handle made for it
@@ -51,6 +74,8 @@ def _gpg(gnupghome: str | None) -> Any:
     try:
         gpg = gnupg.GPG(gnupghome=gnupghome)
     except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in OUT_OF:
+            raise
         raise UsageError(f"cannot run gpg ({exc}); install GnuPG 2 and check --gnupghome") from exc
     gpg.buffer_size = 1 << 20  # python-gnupg copies data to gpg in chunks of this size
     _PROBED[gnupghome] = copy.copy(gpg)
@@ -120,6 +145,9 @@ class Gpg:
     def __init__(self, gnupghome: str | None, key: KeySpec) -> None:
         self.key = key
         self._gpg = _gpg(gnupghome)
+        # the signing keys whose signatures count where no one key is asked for (packs,
+        # records): every key the repository's rotations name (blanket.keyhistory)
+        self.accepted: tuple[str, ...] = (key.fingerprint.upper(),)
 
     @property
     def raw(self) -> Any:
@@ -129,17 +157,36 @@ class Gpg:
     def _encrypt_args(self) -> dict[str, Any]:
         if self.key.mode == SYMMETRIC:
             return {"recipients": None, "symmetric": _CIPHER, "passphrase": self.key.passphrase}
+        # --local-user, never --default-key: gpg falls back to another secret key when
+        # the --default-key one is unusable (expired, revoked)
         return {
-            "recipients": [self.key.fingerprint],
-            "sign": self.key.fingerprint,
+            "recipients": list(self.key.metadata_recipients),
+            "sign": True,
+            "extra_args": ["--local-user", self.key.fingerprint, "--digest-algo", "SHA256"],
             "always_trust": True,
             "passphrase": self.key.passphrase,
         }
 
     def encrypt_bytes(self, data: bytes) -> bytes:
+        """Encrypt (to the metadata recipients) and sign an index, config or record."""
         result = self._gpg.encrypt(data, armor=False, **self._encrypt_args())
         if not result.ok:
+            _raise_key_trouble(str(result.stderr), self.key)
             raise CryptoError(f"gpg could not encrypt: {_reason(result)}")
+        return bytes(result.data)
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        """A signed, unencrypted gpg message holding ``data`` (the config of a repository
+        with separate keys, which every machine must read: it holds no secret)."""
+        result = self._gpg.sign(
+            data,
+            binary=True,
+            passphrase=self.key.passphrase,
+            extra_args=["--local-user", self.key.fingerprint, "--digest-algo", "SHA256"],
+        )
+        if not result.data or "SIG_CREATED" not in str(result.stderr):
+            _raise_key_trouble(str(result.stderr), self.key)
+            raise CryptoError(f"gpg could not sign: {_reason(result)}")
         return bytes(result.data)
 
     def decrypt_to_file(self, src_path: str | BinaryIO, out_path: str, what: str) -> None:
@@ -190,7 +237,7 @@ class Gpg:
                 pass_fds=fds,
             )
         except OSError as exc:
-            raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
+            raise _not_run(exc) from exc
         finally:
             for fd in fds:
                 os.close(fd)
@@ -207,18 +254,40 @@ class Gpg:
         result = self._gpg.decrypt(data, passphrase=self.key.passphrase, always_trust=True)
         return bytes(result.data), result
 
-    def decrypt_bytes(self, data: bytes, what: str) -> bytes:
+    def decrypt_bytes(self, data: bytes, what: str, *, signer: str | None = None) -> bytes:
         result = self._gpg.decrypt(data, passphrase=self.key.passphrase, always_trust=True)
-        self.check(result, what)
+        self.check(result, what, signer=signer)
         return bytes(result.data)
 
-    def check(self, result: Any, what: str) -> None:
+    def check(
+        self, result: Any, what: str, *, signer: str | None = None, signed_only: bool = False
+    ) -> None:
+        """Judge a decrypt: raise unless it decrypted and (public-key mode) carries one
+        valid signature by ``signer`` (default: any key in ``accepted``).
+        ``signed_only``: a message that was signed but never encrypted."""
         status = _status_lines(result)
-        if not result.ok:
-            reason = _reason(result)
-            if any(s.startswith(("NO_SECKEY", "BAD_PASSPHRASE")) for s in status) or (
-                "Bad session key" in reason
+        if signed_only:
+            if any(s.startswith("BEGIN_DECRYPTION") for s in status) or not any(
+                s.startswith("PLAINTEXT") for s in status
             ):
+                raise IntegrityError(f"{what} is not the signed message it should be")
+        elif not result.ok:
+            reason = _reason(result)
+            text = str(result.stderr).lower()
+            if any(m in text for m in ("inappropriate ioctl", "no pinentry")):
+                raise WrongKey(
+                    f"cannot decrypt {what}: the secret key is passphrase-protected and "
+                    "gpg-agent has no passphrase for it; unlock it once or preset it "
+                    "(docs/guide.md)"
+                )
+            if any(s.startswith("NO_SECKEY") for s in status) and not any(
+                s.startswith("BAD_PASSPHRASE") for s in status
+            ):
+                raise NoSecretKey(
+                    f"cannot decrypt {what}: this keyring holds the secret key of none of "
+                    "its recipients; import one (a recovery key) or pass --gnupghome"
+                )
+            if any(s.startswith("BAD_PASSPHRASE") for s in status) or "Bad session key" in reason:
                 raise WrongKey(f"cannot decrypt {what}: {_reason(result)}")
             raise IntegrityError(f"cannot decrypt {what}: {_reason(result)} (damaged or forged)")
         if self.key.mode == SYMMETRIC:
@@ -226,16 +295,44 @@ class Gpg:
                 raise IntegrityError(f"{what} failed its integrity check")
             return
         validsigs = [s for s in status if s.startswith("VALIDSIG ")]
-        bad = [s for s in status if s.startswith(("BADSIG", "ERRSIG", "EXPKEYSIG", "REVKEYSIG"))]
-        if bad or len(validsigs) != 1 or not result.valid:
+        # a signature made by a key that has expired or been revoked since still counts
+        # (EXPKEYSIG, REVKEYSIG with VALIDSIG): old backups stay restorable; writing
+        # refuses such a key (blanket.gpgkeys), and a rotation names the key in force
+        bad = [s for s in status if s.startswith(("BADSIG", "ERRSIG", "EXPSIG"))]
+        late = any(s.startswith(("EXPKEYSIG", "REVKEYSIG")) for s in status)
+        if bad or len(validsigs) != 1 or not (result.valid or late):
             raise IntegrityError(
                 f"{what} is not validly signed ({result.status or 'no signature'})"
             )
+        wanted = (signer.upper(),) if signer else self.accepted
         primary = validsigs[0].split()[-1].upper()
-        if primary != self.key.fingerprint.upper() or (
-            str(result.pubkey_fingerprint or "").upper() != self.key.fingerprint.upper()
-        ):
+        if primary not in wanted or str(result.pubkey_fingerprint or "").upper() != primary:
             raise IntegrityError(f"{what} is signed by key {primary}, not the repository's key")
+
+
+def _raise_key_trouble(stderr: str, key: KeySpec) -> None:
+    """Raise ``WrongKey`` with one line if gpg's output says a key was the trouble
+    (unusable signer or recipient, no passphrase for a protected key); else return."""
+    status = [ln[9:] for ln in stderr.splitlines() if ln.startswith("[GNUPG:] ")]
+    text = stderr.lower()
+    bad_recp = [s.split()[-1] for s in status if s.startswith("INV_RECP ")]
+    if bad_recp:
+        raise WrongKey(
+            f"cannot encrypt to key {bad_recp[0]}: it is missing, expired or revoked in this "
+            "keyring; import a valid public key or rotate the recipients ('blanket keys rotate')"
+        )
+    if any(s.startswith(("INV_SGNR ", "NO_SGNR")) for s in status) or "no secret key" in text:
+        raise WrongKey(
+            f"cannot sign with key {key.fingerprint}: its secret key is missing, expired or "
+            "revoked in this keyring; import it, extend it, or rotate ('blanket keys rotate')"
+        )
+    if any(s.startswith(("BAD_PASSPHRASE", "MISSING_PASSPHRASE")) for s in status) or any(
+        m in text for m in ("no pinentry", "inappropriate ioctl", "operation cancelled")
+    ):
+        raise WrongKey(
+            f"the signing key {key.fingerprint} is passphrase-protected and gpg-agent has no "
+            "passphrase for it; preset it with gpg-preset-passphrase (docs/guide.md)"
+        )
 
 
 def _status_lines(result: Any) -> list[str]:
@@ -274,7 +371,7 @@ class EncryptProcess:
 
     def __init__(self, gpg: Gpg, out_path: str) -> None:
         self.out_path = out_path
-        key = gpg.key
+        key = self._key = gpg.key
         self.symmetric = key.mode == SYMMETRIC
         # SHA-256 for the signature: hardware-assisted on most CPUs, where gpg's default
         # for an ed25519 key (SHA-512) costs about 70% more CPU per byte here
@@ -282,8 +379,9 @@ class EncryptProcess:
         if self.symmetric:
             args = ["--symmetric", "--cipher-algo", _CIPHER, *args]
         else:
-            args = ["--encrypt", "--recipient", key.fingerprint, "--sign", "--default-key",
-                    key.fingerprint, "--trust-model", "always", *args]  # fmt: skip
+            recipients = [a for r in key.content_recipients for a in ("--recipient", r)]
+            args = ["--encrypt", *recipients, "--sign", "--local-user", key.fingerprint,
+                    "--trust-model", "always", *args]  # fmt: skip
         cmd = gpg.raw.make_args(args, key.passphrase is not None)
         # gpg's status lines go to a file (never a pipe that could fill); closed in
         # finish() or abort()
@@ -294,7 +392,7 @@ class EncryptProcess:
             )
         except OSError as exc:
             self._status.close()
-            raise CryptoError(f"cannot run gpg ({exc}); install GnuPG 2") from exc
+            raise _not_run(exc) from exc
         assert self._proc.stdin is not None
         self.fd = self._proc.stdin.fileno()
         _widen_pipe(self.fd)
@@ -307,7 +405,7 @@ class EncryptProcess:
         try:
             self._pump.put(data)
         except OSError as exc:
-            raise CryptoError(f"gpg stopped while encrypting: {self._reason(exc)}") from None
+            raise self._failure(exc) from None
 
     def finish(self) -> None:
         assert self._proc.stdin is not None
@@ -315,7 +413,7 @@ class EncryptProcess:
             self._pump.close()
         except OSError as exc:
             self.abort()
-            raise CryptoError(f"gpg stopped while encrypting: {self._reason(exc)}") from None
+            raise self._failure(exc) from None
         try:
             self._proc.stdin.close()
         except BrokenPipeError:
@@ -328,14 +426,21 @@ class EncryptProcess:
         signed = any(s.startswith("SIG_CREATED ") for s in status)
         if code != 0 or "END_ENCRYPTION" not in status or not (signed or self.symmetric):
             _remove(self.out_path)
+            _raise_key_trouble(text, self._key)
             raise CryptoError(f"gpg could not encrypt: {_last_message(text, code)}")
 
-    def _reason(self, exc: OSError) -> str:
+    def _failure(self, exc: OSError) -> BlanketError:
+        """Why gpg stopped reading: a key problem (``WrongKey``) or another."""
         if self._status.closed:
-            return exc.strerror or str(exc)
+            return CryptoError(f"gpg stopped while encrypting: {exc.strerror or exc}")
         code = self._proc.wait()
         self._status.seek(0)
-        return _last_message(self._status.read().decode("utf-8", "replace"), code)
+        text = self._status.read().decode("utf-8", "replace")
+        try:
+            _raise_key_trouble(text, self._key)
+        except WrongKey as wrong:
+            return wrong
+        return CryptoError(f"gpg stopped while encrypting: {_last_message(text, code)}")
 
     def abort(self) -> None:
         self._pump.abandon()
@@ -368,3 +473,14 @@ def _widen_pipe(fd: int) -> None:
             return
         except OSError:  # above /proc/sys/fs/pipe-max-size, or the user's pipe quota
             continue
+
+
+OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # limits, not a missing gpg
+
+
+def _not_run(exc: OSError) -> OSError | CryptoError:
+    """The error for a gpg that could not be started: the limit that stopped it, as it
+    is (the command line reports it), or a missing gpg."""
+    if exc.errno in OUT_OF:
+        return exc
+    return CryptoError(f"cannot run gpg ({exc}); install GnuPG 2")

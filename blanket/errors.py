@@ -67,6 +67,13 @@ class StoreError(BlanketError):
     retriable = False
 
 
+class PermissionDenied(StoreError):
+    """The store refused the operation to these credentials (a policy without delete, a
+    read-only mount). The only store error a command may tolerate, where it can go on
+    without the store's help (leftovers stay for gc, a lease expires on its own); every
+    other store error is retried (``retriable``) or raised, never swallowed."""
+
+
 class NotFound(StoreError):
     """The object does not exist on the store."""
 

@@ -1,14 +1,16 @@
 """Garbage collection: expire old layers within a cap and delete what nothing needs.
 
 Without ``--keep-history`` nothing is downloaded: the figures come from the local index
-cache and the store's listing. gc (1) measures each layer (its objects' size, and how
-much of it is still current, from a replay of the indexes), (2) asks the pure planner
-(``blanket.expiry``) which layers expire and which may go, (3) commits a signed *gc
-record* into the chain (the new ``expire-below``, the commits removed, and every old
-version that goes with them, so a restore of an old point names what it cannot give),
-then (4) deletes the removed commits' objects, index first, then data. A gc killed after
-(3) leaves objects that the record already declares removed; readers ignore them and
-the next gc (or backup with a cap) deletes them.
+cache and the store's listing. gc (1) reads its facts (:func:`read_facts`: each layer's
+objects' size and how much of it is still current, from a replay of the indexes, and
+the versions the layers the cap would delete take with them), (2) decides everything
+with the pure planner (:func:`blanket.gcplan.plan_gc`, over ``blanket.expiry``), then
+applies the plan (:func:`apply_gc`): (3) commits a signed *gc record* into the chain
+(the new ``expire-below``, the commits removed, and every old version that goes with
+them, so a restore of an old point names what it cannot give), then (4) deletes the
+removed commits' objects, index first, then data. A gc killed after (3) leaves objects
+that the record already declares removed; readers ignore them and the next gc (or
+backup with a cap) deletes them.
 
 With ``keep_history`` the versions that would go are copied forward instead, as many as
 fit under the cap (most recent first): gc downloads only the data objects that hold
@@ -28,18 +30,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from blanket import model
-from blanket.chain import index_key, removed_by_gc
-from blanket.errors import NotFound, StoreError
-from blanket.expiry import (
-    ExpiryPlan,
-    LayerStat,
-    current_expire_below,
-    fit_history,
-    plan_expiry,
-    refreshed_below,
+from blanket.chain import index_key
+from blanket.errors import NotFound, PermissionDenied
+from blanket.expiry import ExpiryPlan, LayerStat
+from blanket.gcplan import (
+    GcFacts,
+    GcPlan,
+    HistoryPlan,
+    HistoryRecord,
+    Uncopyable,
+    doomed_layers,
+    first_expiry,
+    plan_gc,
 )
 from blanket.history import (
     Copy,
@@ -60,24 +65,17 @@ from blanket.packer import PackWriter
 from blanket.repo import Repository
 from blanket.units import show_time
 
-NO_CAP = 1 << 62
-RECORD_OVERHEAD = 8 << 10  # a record's own bytes beyond its entries (headers, signatures)
-
-
-@dataclass
-class HistoryPlan:
-    """What keeping history costs and gives (``gc --keep-history``; the figures are
-    also worked out without it, as what the flag would do)."""
-
-    going: int = 0  # versions that leave with the layers gc deletes
-    copy: int = 0  # of those, the ones copied forward (or that would be)
-    download: int = 0  # bytes of the data objects to download for them (whole objects)
-    packs: int = 0  # how many data objects that is
-    upload: int = 0  # bytes added to the repository (estimate; actual after a run)
-    over_cap: int = 0  # versions that would be kept but do not fit under the cap
-    uncopyable: int = 0  # versions whose content cannot be had (damaged, missing)
-    dropped_records: list[int] = field(default_factory=list)  # history records that go
-    dropped_versions: int = 0  # kept versions those held (now lost)
+__all__ = [
+    "GcResult",
+    "HistoryPlan",
+    "apply_gc",
+    "collect",
+    "plan_for_pass",
+    "plan_gc",
+    "planned",
+    "read_facts",
+    "run_gc",
+]
 
 
 @dataclass
@@ -88,6 +86,7 @@ class GcResult:
     deleted_layers: list[int] = field(default_factory=list)
     objects_deleted: int = 0
     bytes_freed: int = 0
+    delete_refused: bool = False  # the store refused the deletes (no delete permission)
     lost_versions: int = 0
     kept_versions: int = 0
     bytes_downloaded: int = 0
@@ -97,6 +96,8 @@ class GcResult:
     record: int | None = None
     total_after: int = 0
     warnings: list[str] = field(default_factory=list)
+    objects_to_delete: int = 0  # what the plan deletes (a dry run's figures)
+    bytes_to_free: int = 0
 
 
 @dataclass
@@ -135,16 +136,7 @@ def measure(repo: Repository) -> Measure:
     return Measure(stats, live_count, sizes, ratio)
 
 
-@dataclass
-class _Record:
-    """An existing gc record that holds kept versions (a history record)."""
-
-    header: IndexHeader
-    size: int
-    kept: int
-
-
-def history_records(repo: Repository, sizes: dict[str, int]) -> list[_Record]:
+def history_records(repo: Repository, sizes: dict[str, int]) -> list[HistoryRecord]:
     """The gc records holding kept versions, oldest first, with their size on the store."""
     out = []
     for h in repo.headers:
@@ -153,8 +145,35 @@ def history_records(repo: Repository, sizes: dict[str, int]) -> list[_Record]:
         kept = sum(1 for e in repo.entries(h.seq) if e.kind not in (model.LOST, model.PART))
         if kept:
             size = sizes.get(h.data_key, 0) + sizes.get(index_key(h.seq), 0)
-            out.append(_Record(h, size, kept))
+            out.append(HistoryRecord(h, size, kept))
     return out
+
+
+def read_facts(repo: Repository, *, cap: int | None, history: bool = True) -> GcFacts:
+    """What :func:`plan_gc` decides from: the local index cache (one replay) and the
+    store's listing; nothing is downloaded. The versions going with the layers that the
+    cap would delete are priced here, since finding them reads the indexes (a second
+    walk of the layers, skipped without ``history``: then the plan says nothing of
+    them, and keeps none)."""
+    m = measure(repo)
+    doomed = doomed_layers(first_expiry(m.stats, m.sizes, repo.headers, repo.packs, cap), m.live)
+    going: list[Copy | Uncopyable] = []
+    for g in going_versions(repo, doomed) if doomed and history else iter(()):
+        priced = plan_copy(repo, g, m.ratio.get(g.located.layer, 1.0))
+        going.append(
+            Uncopyable(g.located.entry, g.until, priced) if isinstance(priced, str) else priced
+        )
+    return GcFacts(
+        stats=m.stats,
+        live=m.live,
+        sizes=m.sizes,
+        ratio=m.ratio,
+        headers=list(repo.headers),
+        packs=list(repo.packs),
+        going=going,
+        records=history_records(repo, m.sizes),
+        by_seq=dict(repo.by_seq),
+    )
 
 
 def _ranges(seqs: set[int]) -> tuple[tuple[int, int], ...]:
@@ -212,149 +231,40 @@ def _commit_record(
     return repo.commit(sealed, header, listed)
 
 
-def _delete_removed(repo: Repository, removed: set[int], sizes: dict[str, int]) -> tuple[int, int]:
-    """Delete every object of the removed commits: index first, then data (the reverse
-    of the order they were written in). Returns (objects, bytes)."""
-    count = freed = 0
-    for prefix in ("index/", "data/"):
-        for key in sorted(k for k in sizes if k.startswith(prefix)):
-            if _seq_of(key) in removed:
-                repo.backend.delete(key)
-                count, freed = count + 1, freed + sizes[key]
-    return count, freed
-
-
-def _seq_of(key: str) -> int:
-    """The commit number in ``index/N`` or ``data/N-HASH``."""
-    return int(key.split("/", 1)[1].split("-", 1)[0])
-
-
-def _priority(c: Copy) -> tuple[int, int]:
-    """Most recent history first: the version current until latest, then newest."""
-    return (-(c.entry.until or 1 << 63), -c.entry.since)
-
-
-def collect(
-    repo: Repository,
-    *,
-    cap: int | None,
-    dry_run: bool = False,
-    keep_history: bool = False,
-    progress: Callable[[], None] | None = None,
-) -> GcResult:
-    """Plan and (unless ``dry_run``) carry out expiry and deletion; with
-    ``keep_history``, copy forward the versions the deleted layers would lose, as many
-    as fit under the cap. The caller holds the repository lock and has refreshed it
-    strictly. ``progress`` is called now and then during downloads (to renew a lease)."""
-    m = measure(repo)
-    already = removed_by_gc(repo.headers)
-    named = {h.data_key for h in repo.headers}
-    garbage = {  # what crashed runs left: deleted below, so not counted against the cap
-        k
-        for k in m.sizes
-        if (k.startswith("index/") and _seq_of(k) in already)
-        or (k.startswith("data/") and k not in named)
-    }
-    total = sum(size for k, size in m.sizes.items() if k not in garbage)
-    limit = cap if cap is not None else NO_CAP
-    current, refreshed = current_expire_below(repo.headers), refreshed_below(repo.packs)
-    plan = plan_expiry(m.stats, limit, current=current, refreshed=refreshed, store_total=total)
-    unsafe = [layer for layer in plan.delete if m.live.get(layer, 0)]
-    doomed = {layer for layer in plan.delete if not m.live.get(layer, 0)}
-    result = GcResult(plan, m.stats, m.live, keep_history=keep_history)
-    result.warnings += [
-        f"layer {layer} still holds {m.live[layer]} current entries (unreadable during the "
-        "refresh?): kept until a pass refreshes them"
-        for layer in unsafe
-    ]
-
-    # What goes with the doomed layers, and what keeping it would take.
-    hist = result.history
-    copies: list[Copy] = []
-    lost: list[Entry] = []
-    for going in going_versions(repo, doomed) if doomed else iter(()):
-        hist.going += 1
-        priced = plan_copy(repo, going, m.ratio.get(going.located.layer, 1.0))
-        if isinstance(priced, str):
-            hist.uncopyable += 1
-            lost.append(lost_entry(going.located.entry, going.until))
-            if keep_history:
-                e = going.located.entry
-                result.warnings.append(
-                    f"{os.fsdecode(e.path)}: its version of {show_time(e.since)} cannot be "
-                    f"kept: {priced}"
-                )
-        else:
-            copies.append(priced)
-    copies.sort(key=_priority)
-    records = history_records(repo, m.sizes)
-    costs = [c.cost for c in copies]
-    if costs:
-        costs[0] += RECORD_OVERHEAD
-    fit = fit_history(
-        m.stats,
-        limit,
-        current=current,
-        refreshed=refreshed,
-        store_total=total,
-        copies=costs if keep_history else [],
-        records=[r.size for r in records],
+def planned(plan: GcPlan) -> GcResult:
+    """The result as planned, before anything is done (what a dry run reports)."""
+    return GcResult(
+        plan.expiry,
+        plan.stats,
+        plan.live,
+        keep_history=plan.keep_history,
+        history=replace(plan.history),
+        total_after=plan.total,
+        warnings=list(plan.warnings),
+        objects_to_delete=len(plan.deletes),
+        bytes_to_free=sum(size for _, size in plan.deletes),
     )
-    if not keep_history:
-        # what the flag would do, for the plan: all of it if the cap allows
-        would = fit_history(
-            m.stats,
-            limit,
-            current=current,
-            refreshed=refreshed,
-            store_total=total,
-            copies=costs,
-            records=[r.size for r in records],
-        )
-        shown = [copies[i] for i in would.keep]
-        chosen: list[Copy] = []
-    else:
-        shown = chosen = [copies[i] for i in fit.keep]
-        hist.over_cap = len(copies) - len(chosen)
-    picked = set(fit.keep) if keep_history else set()
-    lost += [c.lost for i, c in enumerate(copies) if i not in picked]
-    hist.copy = len(shown)
-    needed = {s for c in shown for s in c.packs}
-    hist.packs = len(needed)
-    hist.download = sum(repo.by_seq[s].data_size for s in needed)
-    hist.upload = sum(c.cost for c in shown) + (RECORD_OVERHEAD if shown else 0)
-    dropped = records[: fit.dropped]
-    hist.dropped_records = [r.header.seq for r in dropped]
-    hist.dropped_versions = sum(r.kept for r in dropped)
-    plan = result.plan = fit.plan
-    plan.delete = sorted(doomed)
-    if keep_history and hist.over_cap:
-        result.warnings.append(
-            f"{hist.over_cap} of the {len(copies)} old versions to keep do not fit under the "
-            f"cap: they are recorded as lost (raise --cap to keep them)"
-        )
-    if dropped:
-        result.warnings.append(
-            f"the cap leaves no room for {len(dropped)} history record(s) (commits "
-            f"{', '.join(str(r.header.seq) for r in dropped)}): their {hist.dropped_versions} "
-            "kept version(s) are dropped and recorded as lost"
-        )
-    leftover = {_seq_of(k) for k in m.sizes if k.startswith(("index/", "data/"))}
-    result.total_after = total
-    if dry_run:
-        return result
 
-    removed = {h.seq for h in repo.packs if h.layer in doomed}
-    for r in dropped:  # a dropped record's own gaps stay declared by the new record
-        removed.add(r.header.seq)
-        removed |= removed_by_gc([r.header])
+
+def apply_gc(
+    repo: Repository, plan: GcPlan, *, progress: Callable[[], None] | None = None
+) -> GcResult:
+    """Carry out ``plan``: stage the copies kept (downloads), commit the gc record, delete
+    the removed commits' objects (index first, then data), clean what crashed runs left;
+    the result is the plan's (:func:`planned`) with the figures of what was done. The
+    caller holds the repository lock. A store that refuses deletes (``PermissionDenied``)
+    leaves the objects for a later gc, with a warning; any other store error is raised."""
+    result = planned(plan)
+    lost = list(plan.lost)
+    for r in plan.dropped:
         lost += [
             lost_entry(e, e.until) if e.kind != model.LOST else e
             for e in repo.entries(r.header.seq)
             if e.kind != model.PART
         ]
-    if removed or plan.expire_below > current:
+    if plan.write_record:
         staged = Staged()
+        chosen = plan.copies
         if chosen:
             _clean_workdirs(repo)
             with tempfile.TemporaryDirectory(prefix="gc-", dir=repo.state.dir) as workdir:
@@ -366,9 +276,11 @@ def collect(
                         f"be kept: {why}"
                     )
                     lost.append(chosen[i].lost)
-                header = _commit_record(repo, plan, removed, chosen, staged, _unique(lost))
+                header = _commit_record(
+                    repo, plan.expiry, plan.removed, chosen, staged, _unique(lost)
+                )
         else:
-            header = _commit_record(repo, plan, removed, [], staged, _unique(lost))
+            header = _commit_record(repo, plan.expiry, plan.removed, [], staged, _unique(lost))
         result.record = header.seq
         kinds = [e.kind for e in repo.entries(header.seq)]
         result.lost_versions = sum(1 for k in kinds if k == model.LOST)
@@ -377,15 +289,18 @@ def collect(
         if chosen:
             try:
                 index_size = repo.backend.head(index_key(header.seq)).size
-            except (StoreError, NotFound):
+            except (NotFound, PermissionDenied):
                 index_size = len(repo.state.index_path(header.seq).read_bytes())
-            result.bytes_added = hist.upload = header.data_size + index_size
-        result.deleted_layers = sorted(doomed)
-    targets = removed | (already & leftover)
-    if targets:
+            result.bytes_added = result.history.upload = header.data_size + index_size
+        result.deleted_layers = list(plan.expiry.delete)
+    if plan.refresh:
         try:
-            result.objects_deleted, result.bytes_freed = _delete_removed(repo, targets, m.sizes)
-        except StoreError as exc:
+            for key, size in plan.deletes:
+                repo.backend.delete(key)
+                result.objects_deleted += 1
+                result.bytes_freed += size
+        except PermissionDenied as exc:
+            result.delete_refused = True
             result.warnings.append(
                 f"the store refused to delete ({exc}); the objects stay, ignored, "
                 "until gc runs with credentials that may delete"
@@ -394,6 +309,30 @@ def collect(
     repo.clean_leftovers()
     result.total_after = sum(o.size for o in repo.backend.list(""))
     return result
+
+
+def plan_for_pass(repo: Repository, *, cap: int, keep_history: bool) -> ExpiryPlan:
+    """The cap's plan for the backup pass about to start (``backup --cap``): whether the
+    pass fits and which layers it refreshes. The old versions that gc would keep or
+    lose are read only when they count against the cap (``keep_history``)."""
+    facts = read_facts(repo, cap=cap, history=keep_history)
+    return plan_gc(facts, cap=cap, keep_history=keep_history).expiry
+
+
+def collect(
+    repo: Repository,
+    *,
+    cap: int | None,
+    dry_run: bool = False,
+    keep_history: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> GcResult:
+    """Read the facts, plan, and (unless ``dry_run``) apply: expiry and deletion; with
+    ``keep_history``, copy forward the versions the deleted layers would lose, as many
+    as fit under the cap. The caller holds the repository lock and has refreshed it
+    strictly. ``progress`` is called now and then during downloads (to renew a lease)."""
+    plan = plan_gc(read_facts(repo, cap=cap), cap=cap, keep_history=keep_history)
+    return planned(plan) if dry_run else apply_gc(repo, plan, progress=progress)
 
 
 def _unique(lost: list[Entry]) -> list[Entry]:

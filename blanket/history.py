@@ -25,11 +25,12 @@ import zstandard
 
 from blanket import model
 from blanket.errors import IntegrityError
+from blanket.members import member_name, part_member_name
 from blanket.merge import Located, groups
 from blanket.model import Entry
-from blanket.packer import PackWriter, member_name, part_member_name
+from blanket.packer import PackWriter
+from blanket.packread import fetch_from_any, members
 from blanket.repo import Repository
-from blanket.restore.fetch import fetch_from_any, members
 
 INDEX_LINE = 200  # bytes an entry line adds to the record's index (before compression)
 _UNREADABLE = (IntegrityError, tarfile.TarError, zstandard.ZstdError, EOFError)

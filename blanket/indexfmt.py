@@ -392,20 +392,9 @@ def split_index(data: bytes) -> tuple[IndexHeader, list[bytes]]:
 
 
 def read_entries(stream: Iterable[bytes]) -> Iterator[Entry]:
-    """Entries of an index read line by line (e.g. an open cached index file).
-
-    An index file of the local state (``blanket.state``) is read through its compact
-    companion when that matches the text, and gets one made otherwise."""
-    name = getattr(stream, "name", None)
-    read = getattr(stream, "read", None)
-    if isinstance(name, str) and read is not None:
-        from blanket.state import cached_entries
-
-        return cached_entries(name, read())
-    return _read_lines(stream)
-
-
-def _read_lines(stream: Iterable[bytes]) -> Iterator[Entry]:
+    """Entries of an index read line by line (e.g. an open index file). The local
+    state's cached indexes are read through ``LocalState.entries`` instead, which uses
+    their compact companions."""
     it = iter(stream)
     for line in it:
         if line in (b"\n", b""):

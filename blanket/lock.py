@@ -3,13 +3,20 @@
 The local lock (``flock`` on ``<state>/lock``) stops two runs on this machine at once;
 the kernel drops it when its holder dies, so it never needs breaking. The store lease
 stops two machines: each run writes its own lease object ``locks/<start>-<run id>``
-holding host, pid, start and expiry, then lists ``locks/`` again (the read-back check,
-which works on every store, with or without conditional writes). A run yields to any live
-lease that sorts before its own. A lease is dead when it has expired, when a release
-marker for it exists, or when its holder is a process on this host that no longer runs,
-so a crashed run never needs a human to unlock. A long run renews its lease by writing a
-fresh one. On release the lease is deleted; a store that refuses deletes (a backup needs
-no delete permission) gets a release marker ``locks/<start>-<run id>-released`` instead.
+holding its run id, an opaque origin, start and expiry (no host name, no pid: the store
+sees nothing about the machine), then lists ``locks/`` again (the read-back check, which
+works on every store, with or without conditional writes). A run yields to any live
+lease that sorts before its own. The origin is a random id kept in the local state
+directory, the one the local lock guards: a lease with our own origin was written by an
+earlier run of this state directory, which has ended, since we now hold the local lock.
+A lease is dead when it has expired, when a release marker for it exists, or when its
+origin is ours, so a crashed run never needs a human to unlock. Only this state
+directory can tell the last kind is dead, so the run that takes the lock after it
+releases it for the others (deletes it, or writes its release marker): a gc machine
+elsewhere need not wait for a killed laptop's lease to expire. A long run renews its
+lease by writing a fresh one. On release the lease is deleted; a store that refuses
+deletes (``PermissionDenied``: a backup needs no delete permission) gets a release
+marker ``locks/<start>-<run id>-released`` instead; any other store error is raised.
 """
 
 from __future__ import annotations
@@ -18,14 +25,15 @@ import errno
 import fcntl
 import json
 import os
-import socket
+import secrets
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from blanket.backends.base import Backend
-from blanket.errors import NotFound, RepositoryLocked, StoreError
+from blanket.errors import NotFound, PermissionDenied, RepositoryLocked
 
 LEASE_SECONDS = 15 * 60
 PREFIX = "locks/"
@@ -33,26 +41,48 @@ RELEASED = "-released"
 
 
 @dataclass(frozen=True)
-class Holder:
-    host: str
-    pid: int
+class Lease:
+    """A lease body as stored: nothing in it names the machine or the process."""
+
+    run: str
+    origin: str
     started: float
     expires: float
-    run: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> Lease:
+        """``ValueError`` for what is no lease; a lease of an older blanket (which named
+        host and pid) counts with an unknown origin, so only its expiry ends it."""
+        fields: Any = json.loads(body)
+        if not isinstance(fields, dict):
+            raise ValueError("not a lease")
+        try:
+            return cls(
+                str(fields["run"]),
+                str(fields.get("origin", "")),
+                float(fields["started"]),
+                float(fields["expires"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError("not a lease") from exc
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"{self.host} pid {self.pid} since {when}"
+        until = time.strftime("%H:%M:%S", time.localtime(self.expires))
+        return f"another machine's run (started {when}, lease until {until})"
 
 
-def _alive(pid: int) -> bool:
+def _origin(state_dir: Path) -> str:
+    """This state directory's opaque lease origin, made once."""
+    path = state_dir / "lease-origin"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        origin = path.read_text().strip()
+    except FileNotFoundError:
+        origin = ""
+    if len(origin) != 32:
+        origin = secrets.token_hex(16)
+        path.write_text(origin + "\n")
+    return origin
 
 
 class RepoLock:
@@ -61,12 +91,14 @@ class RepoLock:
     def __init__(self, backend: Backend, state_dir: Path) -> None:
         self.backend = backend
         self.path = state_dir / "lock"
-        self.host = socket.gethostname()
+        self.state_dir = state_dir
+        self.origin = ""
         self.run = uuid.uuid4().hex[:16]
         self.started = time.time()
         self._fd = -1
         self._keys: list[str] = []
         self._last_renewal = 0.0
+        self._crashed: set[str] = set()  # leases of earlier runs of this state directory
 
     # --- local ---------------------------------------------------------------------
 
@@ -88,19 +120,20 @@ class RepoLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {time.ctime(self.started)}\n".encode(), 0)
         self._fd = fd
+        self.origin = _origin(self.state_dir)  # read and made under the local lock
 
     # --- store ---------------------------------------------------------------------
 
-    def _holder(self) -> Holder:
-        return Holder(self.host, os.getpid(), self.started, time.time() + LEASE_SECONDS, self.run)
+    def _lease(self) -> Lease:
+        return Lease(self.run, self.origin, self.started, time.time() + LEASE_SECONDS)
 
     def _write_lease(self) -> None:
         key = f"{PREFIX}{int(self.started * 1000):015d}-{self.run}-{len(self._keys):04d}"
-        self.backend.put(key, json.dumps(asdict(self._holder())).encode())
+        self.backend.put(key, json.dumps(asdict(self._lease())).encode())
         self._keys.append(key)
         self._last_renewal = time.monotonic()
 
-    def _live_others(self) -> list[tuple[str, Holder]]:
+    def _live_others(self) -> list[tuple[str, Lease]]:
         keys = [o.key for o in self.backend.list(PREFIX)]
         released = {k[: -len(RELEASED)] for k in keys if k.endswith(RELEASED)}
         live = []
@@ -108,14 +141,15 @@ class RepoLock:
             if key.endswith(RELEASED) or _run_prefix(key) in released:
                 continue
             try:
-                h = Holder(**json.loads(self.backend.get(key)))
+                h = Lease.parse(self.backend.get(key))
             except NotFound:
                 continue
-            except (ValueError, TypeError):
+            except ValueError:
                 continue  # not a lease we wrote: ignore it
             if h.run == self.run or h.expires < time.time():
                 continue
-            if h.host == self.host and not _alive(h.pid):
+            if h.origin == self.origin:
+                self._crashed.add(key)  # an earlier run of this state directory: it ended
                 continue
             live.append((key, h))
         return live
@@ -133,9 +167,26 @@ class RepoLock:
                     f"the repository is locked by a run on {others[0][1].describe()}; "
                     "it is released when that run ends or its lease expires"
                 )
+            self._release_crashed()
         except BaseException:
             self.release()
             raise
+
+    def _release_crashed(self) -> None:
+        """Release the leases of this state directory's runs that died holding them
+        (killed, crashed), which other machines would otherwise take as live until they
+        expire. Without delete permission a release marker is written instead."""
+        marked: set[str] = set()
+        for key in sorted(self._crashed):
+            run = _run_prefix(key)
+            if run in marked:
+                continue
+            try:
+                self.backend.delete(key)
+            except PermissionDenied:
+                self.backend.put(run + RELEASED, b"released\n")
+                marked.add(run)
+        self._crashed.clear()
 
     def renew(self) -> None:
         """Write a fresh lease if the current one is past half its life."""
@@ -143,19 +194,24 @@ class RepoLock:
             self._write_lease()
 
     def release(self) -> None:
-        for key in self._keys:
-            try:
-                self.backend.delete(key)
-            except StoreError:
+        """Delete the lease (or mark it released where deletes are refused) and let go of
+        the local lock; a store error other than ``PermissionDenied`` is raised, after
+        the local lock is let go (the lease then expires on its own)."""
+        try:
+            for key in self._keys:
                 try:
-                    self.backend.put(_run_prefix(key) + RELEASED, b"released\n")
-                except StoreError:
-                    pass  # the lease expires on its own
-                break
-        self._keys.clear()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+                    self.backend.delete(key)
+                except PermissionDenied:
+                    try:
+                        self.backend.put(_run_prefix(key) + RELEASED, b"released\n")
+                    except PermissionDenied:
+                        pass  # the lease expires on its own
+                    break
+        finally:
+            self._keys.clear()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> RepoLock:
         self.acquire()

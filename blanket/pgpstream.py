@@ -18,7 +18,7 @@ hash against the signed index is stronger than either and was checked first. The
 the pack for recovery by hand and for ``verify --deep``. Anything this module does not
 expect (compressed or AEAD packets, another cipher, no session key from gpg) makes
 :func:`fetch_sealed` decrypt that private copy with gpg instead, with every check gpg
-makes, and return the plaintext's path (as ``restore.fetch.fetch_plaintext`` does).
+makes, and return the plaintext's path (as ``blanket.packread.fetch_plaintext`` does).
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from typing import Any, BinaryIO
 
 from blanket.backends.base import Backend, download_to
 from blanket.crypto import Gpg
-from blanket.errors import BlanketError, CryptoError, IntegrityError, NotFound, StoreError
+from blanket.errors import (
+    BlanketError,
+    CryptoError,
+    IntegrityError,
+    NotFound,
+    StoreError,
+    WrongKey,
+)
 from blanket.indexfmt import IndexHeader
 from blanket.pgprange import HEAD_BYTES, LayoutError, SessionKey, _header, _length, _what
 from blanket.pgprange import session_key as _session_key
@@ -133,7 +140,7 @@ def _in_store(
         key = _session_key(gpg, head)
         with _Reader(io.BytesIO(head), key, header.data_key) as reader:
             reader.start()
-    except (LayoutError, CryptoError):
+    except (LayoutError, CryptoError, WrongKey):
         return None  # copied and read the long way, which says more
     if meter is not None:
         meter(size)  # read by the reader, in one go
@@ -184,7 +191,7 @@ def fetch_sealed(
             )
         try:
             return Sealed(path, _seal(gpg, path), key)
-        except (LayoutError, CryptoError):  # not as we write packs: gpg reads it
+        except (LayoutError, CryptoError, WrongKey):  # gpg reads it, and says what is wrong
             plain = path.replace("enc-", "zst-", 1)
             gpg.decrypt_to_file(path, plain, key)
             os.unlink(path)

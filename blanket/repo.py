@@ -2,7 +2,8 @@
 
 Objects (all gpg-encrypted, signed in public-key mode; docs/format.md):
 
-* ``config``: repository id, protection mode, key fingerprint;
+* ``config``: repository id, protection mode, keys (blanket.repoconfig);
+* ``keys/NNNNNNNNNNNN``: key rotations (blanket.keyhistory);
 * ``data/NNNNNNNNNNNN-HHHHHHHHHHHHHHHH``: the pack of commit N (H: its SHA-256 prefix);
 * ``index/NNNNNNNNNNNN``: the index of commit N, naming the data object's size and hash
   and the hash of index N-1.
@@ -15,23 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from blanket import indexfmt, model
+from blanket import gpgkeys, indexfmt, keyhistory, model
 from blanket.backends.base import Backend
-from blanket.chain import index_key, load_chain
+from blanket.chain import Sources, index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
 from blanket.errors import (
     AlreadyExists,
-    BlanketError,
     IntegrityError,
     NotFound,
+    PermissionDenied,
     RepositoryLocked,
     RepositoryMissing,
-    StoreError,
     UsageError,
     WrongKey,
 )
@@ -39,55 +37,16 @@ from blanket.indexfmt import IndexHeader
 from blanket.merge import Located, replay
 from blanket.model import LOST, PART, Entry
 from blanket.packer import SealedPack
+from blanket.reach import may_hold, reach_of
+from blanket.repoconfig import CONFIG_KEY as CONFIG_KEY
+from blanket.repoconfig import RepoConfig as RepoConfig
+from blanket.repoconfig import init_repository as init_repository
+from blanket.repoconfig import is_signed_only, pin_signing_key
 from blanket.state import LocalState
-
-CONFIG_KEY = "config"
-CONFIG_MAGIC = "blanket-repository 1"
 
 
 def data_key(seq: int, sha256: str) -> str:
     return f"data/{seq:012d}-{sha256[:16]}"
-
-
-@dataclass(frozen=True)
-class RepoConfig:
-    id: str
-    mode: str
-    fingerprint: str
-    created: int
-
-    def render(self) -> bytes:
-        return (
-            f"{CONFIG_MAGIC}\nid: {self.id}\nmode: {self.mode}\n"
-            f"key: {self.fingerprint or '-'}\ncreated: {self.created}\n"
-        ).encode("ascii")
-
-    @classmethod
-    def parse(cls, data: bytes) -> RepoConfig:
-        lines = data.decode("ascii").splitlines()
-        if not lines or lines[0] != CONFIG_MAGIC:
-            raise IntegrityError("the repository config is not a blanket config")
-        f = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        key = f.get("key", "-")
-        return cls(f["id"], f["mode"], "" if key == "-" else key, int(f["created"]))
-
-
-def init_repository(
-    backend: Backend, gnupghome: str | None, key: KeySpec, *, now: int
-) -> RepoConfig:
-    """Create a repository on an empty store; refuse a store that already holds one."""
-    if key.mode == PUBKEY:
-        key = KeySpec(PUBKEY, find_secret_key(gnupghome, key.fingerprint), key.passphrase)
-    config = RepoConfig(uuid.uuid4().hex, key.mode, key.fingerprint, now)
-    gpg = Gpg(gnupghome, key)
-    backend.create()
-    try:
-        backend.put(CONFIG_KEY, gpg.encrypt_bytes(config.render()), if_absent=True)
-    except AlreadyExists:
-        raise BlanketError(
-            f"{backend.describe()} already holds a blanket repository; use it or pick another URL"
-        ) from None
-    return config
 
 
 class Repository:
@@ -101,6 +60,8 @@ class Repository:
         self.headers: list[IndexHeader] = []
         self.by_seq: dict[int, IndexHeader] = {}
         self.problems: list[tuple[str, str]] = []
+        self.gnupghome: str | None = None
+        self.epochs: list[keyhistory.Epoch] = []
 
     @classmethod
     def open(
@@ -120,7 +81,16 @@ class Repository:
             raise RepositoryMissing(_missing(backend)) from None
         probe = Gpg(gnupghome, KeySpec(SYMMETRIC if passphrase else PUBKEY, "", passphrase))
         data, result = probe.decrypt_unchecked(blob)
-        if not result.ok:
+        signed_only = is_signed_only(result)
+        if signed_only:
+            config = RepoConfig.parse(data)
+            if not config.separate:
+                raise IntegrityError("the repository config is signed but not encrypted")
+            if "NO_PUBKEY" in str(result.stderr) and gpgkeys.import_public(
+                gnupghome, config.sign_pubkey, config.fingerprint
+            ):
+                data, result = probe.decrypt_unchecked(blob)  # check it with the key now
+        elif not result.ok:
             hint = (
                 "check --passphrase-file"
                 if passphrase
@@ -129,14 +99,47 @@ class Repository:
             )
             raise WrongKey(f"cannot open the repository at {backend.describe()}: {hint}")
         config = RepoConfig.parse(data)
-        if config.mode == PUBKEY:
+        if config.mode == PUBKEY and not config.separate:
             find_secret_key(gnupghome, config.fingerprint)
-        elif not passphrase:
+        elif config.mode == SYMMETRIC and not passphrase:
             raise WrongKey("this repository is protected by a passphrase; pass --passphrase-file")
-        gpg = Gpg(gnupghome, KeySpec(config.mode, config.fingerprint, passphrase))
-        gpg.check(result, "the repository config")
+        gpg = Gpg(gnupghome, config.keyspec(passphrase))
+        gpg.check(result, "the repository config", signed_only=signed_only)
+        epochs = [config.epoch(hashlib.sha256(blob).hexdigest())]
+        if config.mode == PUBKEY:
+            epochs = keyhistory.load(backend, gpg, gnupghome, config.id, epochs[0])
+            gpg = Gpg(gnupghome, epochs[-1].keyspec(config.mode, passphrase))
+            gpg.accepted = tuple(dict.fromkeys(e.sign for e in epochs))
         repo = cls(backend, gpg, config, LocalState(config.id, state_root))
+        if config.mode == PUBKEY:
+            pin_signing_key(repo.state, config.fingerprint)
+        repo.gnupghome = gnupghome
+        repo.epochs = epochs
         return repo
+
+    def signer_for(self, seq: int) -> str:
+        """The signing key commit ``seq`` must carry (the rotations in force)."""
+        return keyhistory.signer_for(self.epochs, seq)
+
+    def require_signing(self) -> None:
+        """Raise ``WrongKey`` (one line) unless this keyring can sign commits and encrypt
+        to every recipient in force (none expired, revoked or missing)."""
+        if self.config.mode == PUBKEY:
+            gpgkeys.signing_key(self.gnupghome, self.gpg.key.fingerprint)
+            gpgkeys.recipient_keys(self.gnupghome, self.gpg.key.metadata_recipients)
+
+    def require_content_key(self, what: str) -> None:
+        """Raise ``WrongKey`` unless this keyring holds the secret key of a recipient of
+        the packs (``what`` needs to read their content: restore, cat, deep verify...)."""
+        if self.config.mode != PUBKEY:
+            return
+        recipients = tuple(dict.fromkeys(r for e in self.epochs for r in e.readers))
+        if not gpgkeys.decrypting(self.gnupghome, recipients):
+            raise WrongKey(
+                f"{what} needs the secret key of one of the repository's recipients "
+                f"({', '.join(r[-16:] for r in recipients)}); this keyring holds none: "
+                "import the recovery key or pass --gnupghome"
+            )
 
     # --- the chain -------------------------------------------------------------------
 
@@ -161,13 +164,20 @@ class Repository:
             raise UsageError(f"layer {layer} is not in the repository; see 'blanket layers'")
         return max(times)
 
-    def tree(self, *, layer: int | None = None, when: int | None = None) -> Iterator[Located]:
+    def tree(
+        self,
+        *,
+        layer: int | None = None,
+        when: int | None = None,
+        within: Iterable[bytes] = (),
+    ) -> Iterator[Located]:
         """The replayed tree: latest, as of time ``when`` (ns), or as of the end of
         ``layer`` (the since rule, which also finds versions refreshed into later
-        layers)."""
+        layers). With ``within`` (paths), only the commits that can hold those subtrees
+        or their ancestors are read: the rest of the tree may be missing."""
         if layer is not None:
             when = self.layer_end(layer)
-        return replay(self.layer_streams(at=when), at=when)
+        return replay(self.layer_streams(at=when, within=within), at=when)
 
     def lost_versions(self) -> Iterator[Entry]:
         """The versions gc records as removed with expired layers (``L`` entries)."""
@@ -191,7 +201,15 @@ class Repository:
         ``strict`` raises ``IntegrityError`` at the first problem; otherwise problems
         are kept in ``self.problems`` and every authentic index is used (blanket.chain).
         """
-        chain = load_chain(self, strict=strict, fresh=fresh)
+        sources = Sources(
+            self.backends,
+            self.gpg,
+            self.state,
+            self.config.id,
+            self.signer_for,
+            self.config.separate,
+        )
+        chain = load_chain(sources, strict=strict, fresh=fresh)
         self.headers = chain.headers
         self.problems = chain.problems
         self.by_seq = {h.seq: h for h in chain.headers}
@@ -209,7 +227,7 @@ class Repository:
                     self.backend.delete(info.key)
                     removed += 1
             removed += self.backend.discard_incomplete()
-        except StoreError:
+        except PermissionDenied:
             pass  # no delete permission: leftovers are ignored by readers and left to gc
         return removed
 
@@ -223,10 +241,11 @@ class Repository:
         return hashlib.sha256(self.state.index_path(self.headers[-1].seq).read_bytes()).hexdigest()
 
     def entries(self, seq: int) -> Iterator[Entry]:
-        """The entries of cached index ``seq`` (checked when it came from the store)."""
+        """The entries of cached index ``seq`` (checked when it came from the store).
+        The file is read and closed before the first entry comes, so a replay of many
+        layers holds no file open per layer."""
         try:
-            with open(self.state.index_path(seq), "rb") as f:
-                yield from indexfmt.read_entries(f)
+            yield from self.state.entries(seq)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(
                 f"the cached copy of {index_key(seq)} is unreadable ({exc}); delete "
@@ -238,21 +257,23 @@ class Repository:
         *,
         up_to_layer: int | None = None,
         at: int | None = None,
-        within: list[bytes] | None = None,
+        within: Iterable[bytes] = (),
     ) -> list[Iterator[Located]]:
         """One clock-sorted stream per layer, for :func:`blanket.merge.replay`; with
         ``at`` (a replay as of that time), also one per gc record holding versions that
         gc kept, filtered to those current at ``at``. The latest state (no ``at``) never
-        sees kept versions. With ``within`` (subtrees), only the packs whose clock range
-        can hold a path within them or one of their ancestors are read, and only those
-        paths are streamed: a path's replay depends on its own entries and its
-        ancestors' alone, so the replay of them is right."""
+        sees kept versions. With ``within`` (paths), only the commits whose clock range
+        can hold those subtrees or their ancestors (``blanket.reach``) are read, and of
+        them only the paths within the subtrees or ancestors of them are streamed: a
+        path's replay depends on its own entries and its ancestors' alone, so the replay
+        of them is right for the subtrees."""
+        within = list(within)
+        reach = reach_of(within)
         by_layer: dict[int, list[IndexHeader]] = {}
         for h in self.headers:
-            wanted = within is None or h.gc_record or _may_hold(h, within)
-            if (up_to_layer is None or h.layer <= up_to_layer) and wanted:
+            if (up_to_layer is None or h.layer <= up_to_layer) and may_hold(h, reach):
                 by_layer.setdefault(h.layer, []).append(h)
-        near = _near(within) if within is not None else None
+        near = _near(within) if reach is not None else None
         streams = [self._layer_stream(hs, near) for _, hs in sorted(by_layer.items())]
         if at is not None:
             streams += [self.history_stream(h, at) for h in self.headers if h.gc_record]
@@ -306,8 +327,19 @@ class Repository:
                 return
         raise IntegrityError(f"cannot store {key}: {problem}; nothing was committed")
 
-    def commit(self, sealed: SealedPack, header: IndexHeader, entries: list[Entry]) -> IndexHeader:
-        """Store the pack, then its index: the commit point. Returns the final header."""
+    def commit(
+        self,
+        sealed: SealedPack,
+        header: IndexHeader,
+        entries: list[Entry],
+        *,
+        scan: tuple[int, str] | None = None,
+        before_state: Callable[[], None] | None = None,
+    ) -> IndexHeader:
+        """Store the pack, then its index: the commit point. Returns the final header.
+        ``scan`` (a backup pass's layer and escaped clock pointer) is recorded in the
+        same write of the local state as the commit; ``before_state`` runs just before
+        that write (after the commit point)."""
         seq = self.next_seq()
         dkey = data_key(seq, sealed.sha256)
         final = _with_data(header, seq, self.last_hash(), dkey, sealed)
@@ -316,9 +348,13 @@ class Repository:
         cipher = self.gpg.encrypt_bytes(plain)
         put_index(self.backend, index_key(seq), cipher)
         self.state.store_index(seq, plain, hashlib.sha256(cipher).hexdigest())
+        if before_state is not None:
+            before_state()
         progress = self.state.load()
         progress.last_seq = seq
         progress.last_index_sha256 = hashlib.sha256(plain).hexdigest()
+        if scan is not None:
+            progress.scan_layer, progress.scan_pointer = scan
         self.state.save(progress)
         self.headers.append(final)
         self.by_seq[seq] = final
@@ -368,28 +404,6 @@ def _missing(backend: Backend) -> str:
         f"no blanket repository at {backend.describe()}; "
         "create one with 'blanket init --repo URL --key FINGERPRINT'"
     )
-
-
-def _may_hold(h: IndexHeader, tops: list[bytes]) -> bool:
-    """Whether the pack of ``h``, which holds paths of the clock range (``clock_from``,
-    ``clock_to``], may hold a path within one of ``tops`` or an ancestor of one (a
-    deletion marker of an ancestor removes the subtree)."""
-    if any(t == model.ROOT for t in tops):
-        return True
-    lo = None if h.clock_from is None else model.clock_key(h.clock_from)
-    hi = model.clock_key(h.clock_to)
-    for top in tops:
-        key = model.clock_key(top)
-        after_lo = lo is None or lo < key or model.is_within(h.clock_from or b"", top)
-        if after_lo and key <= hi:  # the range reaches into the subtree
-            return True
-        p = top
-        while p != model.ROOT:
-            p = model.parent_of(p)
-            key = model.clock_key(p)
-            if (lo is None or lo < key) and key <= hi:
-                return True
-    return False
 
 
 def _near(tops: list[bytes]) -> Callable[[bytes], bool] | None:

@@ -14,7 +14,6 @@ import grp
 import os
 import pwd
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,38 +49,9 @@ def kind_of(mode: int) -> str | None:
     return _KINDS.get(stat.S_IFMT(mode))
 
 
-class _Hint(threading.local):
-    """The prior version of the path the walk is expected to reach next (see
-    :func:`prior_hint`); one per thread."""
-
-    entry: Entry | None = None
-
-
-_hint = _Hint()
-
-
-def prior_hint(entry: Entry | None) -> None:
-    """Name the version the prior state holds for the path the next ``entry_for`` call
-    of this thread is likely to describe (``blanket.changes.diff`` does this as it goes,
-    with the prior entry it is about to compare with); None withdraws the hint.
-
-    When that call is for the same path and its ``lstat`` data (kind, permission bits,
-    owner ids, mtime, ctime, inode, size) equal the hint's, ``entry_for`` returns the
-    hinted entry itself without reading anything more: no extended attributes, no
-    sparse map, no user or group names, no new ``Entry``. That is sound because every
-    change to what it skips moves ``ctime`` (``setxattr``/``removexattr``, writes that
-    punch or fill holes, ``chown``), and a version with the same stat data is one that
-    ``blanket.changes.unchanged`` keeps. Only regular files with a single link and
-    directories take this path; symlinks, devices, FIFOs and hard-linked files are
-    always read in full (their target or their link group is part of the version).
-    """
-    _hint.entry = entry
-
-
-def _as_hinted(item: WalkItem, kind: str) -> Entry | None:
-    """The hinted prior entry when ``item`` is that version unchanged, else None."""
-    prior = _hint.entry
-    if prior is None or prior.path != item.path or prior.kind != kind:
+def _as_prior(item: WalkItem, kind: str, prior: Entry) -> Entry | None:
+    """``prior`` when ``item`` is that version unchanged, else None."""
+    if prior.path != item.path or prior.kind != kind:
         return None
     st = item.st
     if kind == FILE:
@@ -104,7 +74,9 @@ def _as_hinted(item: WalkItem, kind: str) -> Entry | None:
     return None
 
 
-def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
+def entry_for(
+    root: str | bytes, item: WalkItem, *, since: int, prior: Entry | None = None
+) -> Entry | None:
     """The entry describing ``item``, found under the source directory ``root``.
 
     Metadata comes from ``item.st``; the symlink target, the extended attributes and,
@@ -117,17 +89,25 @@ def entry_for(root: str | bytes, item: WalkItem, *, since: int) -> Entry | None:
     sentinel ``((size, 0),)``, a zero-length segment at its end, so that it differs from
     a dense one.
 
-    If :func:`prior_hint` named a prior version of this path whose stat data are the
-    same, that entry is returned as it is (its ``since`` is the prior one's).
+    ``prior`` is the version the prior state holds for this path, as the merge-join of
+    ``blanket.changes.diff`` finds it. When its ``lstat`` data (kind, permission bits,
+    owner ids, mtime, ctime, inode, size) equal the item's, ``prior`` itself is returned
+    (its ``since`` is the prior one's) without reading anything more: no extended
+    attributes, no sparse map, no user or group names, no new ``Entry``. That is sound
+    because every change to what it skips moves ``ctime`` (``setxattr``/``removexattr``,
+    writes that punch or fill holes, ``chown``), and a version with the same stat data
+    is one that ``blanket.changes.unchanged`` keeps. Only regular files with a single
+    link and directories take this path; symlinks, devices, FIFOs and hard-linked files
+    are always read in full (their target or their link group is part of the version).
     """
     st = item.st
     kind = kind_of(st.st_mode)
     if kind is None:
         return None
-    if _hint.entry is not None:
-        hinted = _as_hinted(item, kind)
-        if hinted is not None:
-            return hinted
+    if prior is not None:
+        same = _as_prior(item, kind, prior)
+        if same is not None:
+            return same
     root = os.fsencode(root)
     full = _direct(root, item.path)
     if full is not None:  # the usual case, without a context manager per path

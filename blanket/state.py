@@ -7,9 +7,11 @@ Kept under ``$BLANKET_STATE_DIR`` (default ``$XDG_STATE_HOME/blanket``, i.e.
   to refuse a store that rolled back) and the scan position of the current pass;
 * ``index/NNNNNNNNNNNN``: verified plaintext indexes, so replay never downloads them twice;
 * ``index/NNNNNNNNNNNN.entries``: the same entries in a compact binary form (chunks of
-  ``marshal``-ed field tuples) that replay reads instead of parsing the text; it names
-  the SHA-256 of the text it was made from and of its own body, and is used only when
-  both match (else it is made again from the text);
+  msgpack-ed field tuples, a format that no Python version changes) that replay reads
+  instead of parsing the text; it starts with a format line, names the SHA-256 of the
+  text it was made from and of its own body, and is used only when all three match
+  (else it is made again from the text: a companion in another format, such as the
+  ``marshal`` of earlier versions, is rebuilt, never misread);
 * ``spool/``: packs being built.
 
 Every file is replaced atomically (temp file, fsync, rename). If the folder is lost it is
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import marshal
 import os
 import struct
 import tempfile
@@ -28,12 +29,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import msgpack
+
 from blanket import indexfmt
 from blanket.model import HARDLINK, Entry, check_relpath
 
 COMPACT_SUFFIX = ".entries"
-_COMPACT_MAGIC = b"blanket-entries 1\n"
-_CHUNK = 1024  # entries per marshal record: the memory a reader holds decoded
+_COMPACT_MAGIC = b"blanket-entries 2 msgpack\n"  # 1 was marshal: rebuilt when met
+_CHUNK = 1024  # entries per record: the memory a reader holds decoded
 _LEN = struct.Struct("<I")
 
 
@@ -208,7 +211,7 @@ def _decode_compact(body: bytes | memoryview) -> Iterator[Entry]:
     while pos < end:
         (size,) = _LEN.unpack_from(view, pos)
         pos += _LEN.size
-        rows = marshal.loads(view[pos : pos + size])
+        rows = msgpack.unpackb(view[pos : pos + size], use_list=False, raw=False)
         pos += size
         entries = [Entry(*row) for row in rows]
         _check_paths(entries)
@@ -245,7 +248,7 @@ def _encode_compact(entries: Iterable[Entry]) -> Iterator[bytes]:
 
 
 def _record(rows: list[tuple[object, ...]]) -> bytes:
-    chunk = marshal.dumps(rows)
+    chunk: bytes = msgpack.packb(rows, use_bin_type=True)
     return _LEN.pack(len(chunk)) + chunk
 
 

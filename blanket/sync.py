@@ -21,9 +21,10 @@ from blanket.backends.base import Backend, download_to
 from blanket.chain import index_key
 from blanket.errors import AlreadyExists, BlanketError, IntegrityError
 from blanket.indexfmt import IndexHeader
+from blanket.keyhistory import PREFIX as KEYS_PREFIX
 from blanket.oplog import LOG_PREFIX
+from blanket.packread import HashingSink
 from blanket.repo import CONFIG_KEY, Repository, put_index
-from blanket.restore.fetch import HashingSink
 from blanket.verify import check_object
 
 
@@ -92,6 +93,7 @@ def sync(src: Repository, dst: Backend) -> SyncResult:
     result = SyncResult()
     src.refresh(strict=True)
     result.created = _adopt(src, dst)
+    _copy_rotations(src, dst)
     have = sorted(int(o.key.split("/", 1)[1]) for o in dst.list("index/"))
     if have and (have != list(range(len(have))) or have[-1] >= len(src.headers)):
         raise BlanketError(
@@ -121,6 +123,22 @@ def sync(src: Repository, dst: Backend) -> SyncResult:
             result.commits_copied += 1
     _copy_logs(src, dst, result)
     return result
+
+
+def _copy_rotations(src: Repository, dst: Backend) -> None:
+    """Copy the key rotations (``keys/``, checked when ``src`` was opened) before the
+    commits they sign: byte for byte, only if absent; a different one there means the
+    stores have diverged."""
+    for info in src.backend.list(KEYS_PREFIX):
+        blob = src.backend.get(info.key)
+        try:
+            dst.put(info.key, blob, if_absent=True)
+        except AlreadyExists:
+            if dst.get(info.key) != blob:
+                raise BlanketError(
+                    f"{dst.describe()} {info.key} differs from the source's: the stores "
+                    "have diverged"
+                ) from None
 
 
 def _copy_logs(src: Repository, dst: Backend, result: SyncResult) -> None:

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
 
 from blanket.events import (
@@ -118,8 +118,8 @@ def _new_bar(console: Console) -> _Bar:
 class _Tally:
     """Running figures of the task being shown."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
+    def __init__(self, started: float) -> None:
+        self.started = started
         self.files = 0
         self.bytes = 0
         self.packs = 0
@@ -162,8 +162,16 @@ class _Tally:
 class Output:
     """Where a command's events, tables and summary go."""
 
-    def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        quiet: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.json = json_mode
+        self.clock = clock  # when to draw and the rates: the monotonic clock (tests: a count)
+        self.draws = 0  # how often the progress display was drawn
         self.quiet = quiet
         self.stream: TextIO = sys.stdout
         self._err: Console | None = None
@@ -172,7 +180,7 @@ class Output:
         self.estimate: Estimate | None = None
         self.task = ""
         self._bar: _Bar | None = None
-        self._tally = _Tally()
+        self._tally = _Tally(self.clock())
         self._drawn = 0.0
         self._json_at = 0.0
 
@@ -197,7 +205,7 @@ class Output:
         """Start showing a new task (a backup of one source, a restore)."""
         self.stop_live()
         self.task, self.estimate = task, estimate
-        self._tally = _Tally()
+        self._tally = _Tally(self.clock())
 
     # --- events ----------------------------------------------------------------------
 
@@ -237,7 +245,7 @@ class Output:
         self._tick(ev)
 
     def _tick(self, ev: Event) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.json and now - self._json_at >= JSON_EVERY:
             self._json_at = now
             self.emit("progress", **self._figures(now))
@@ -261,6 +269,7 @@ class Output:
         }
 
     def _draw(self, now: float) -> None:
+        self.draws += 1
         f = self._figures(now)
         t = self._tally
         stats = f"{f['files']:,} files  {human_size(f['bytes'])}"

@@ -5,7 +5,8 @@ repository, commit number, chain; an index whose ciphertext is the one this mach
 verified before is not decrypted twice), the store is not behind this machine's newest
 commit, and every data object an index names exists with the size and SHA-256 that index
 records: the store's own checksum where it keeps one, the object hashed where reading it
-is cheap (a local disk), its size alone otherwise.
+is cheap (a local disk), its size alone otherwise. The report counts the data objects
+checked each way, so a store (or an object another tool rewrote) without SHA-256 shows.
 
 Deep: every pack (or a rotating sample) is also downloaded, its hash and signature
 checked, decrypted, and every member hashed against the index; the index stored inside
@@ -19,6 +20,7 @@ import math
 import os
 import tarfile
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 
 import zstandard
@@ -27,9 +29,9 @@ from blanket import model
 from blanket.backends.base import Backend, download_to
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import Frame, IndexHeader
-from blanket.packer import INDEX_MEMBER, inner_index, member_name, part_member_name
+from blanket.members import INDEX_MEMBER, inner_index, member_name, part_member_name
+from blanket.packread import HashingSink, fetch_plaintext, members
 from blanket.repo import Repository
-from blanket.restore.fetch import HashingSink, fetch_plaintext, members
 
 
 @dataclass
@@ -39,10 +41,15 @@ class VerifyReport:
     packs_read: int = 0
     leftovers: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # Data objects checked against the store's own SHA-256, downloaded and hashed, or
+    # (the store keeps no SHA-256 for them) by size only.
+    checked: Counter[str] = field(default_factory=Counter)
 
 
-def check_object(backend: Backend, h: IndexHeader) -> str | None:
-    """What is wrong with the data object of ``h`` on ``backend``, or None."""
+def check_object(backend: Backend, h: IndexHeader, tally: Counter[str] | None = None) -> str | None:
+    """What is wrong with the data object of ``h`` on ``backend``, or None. ``tally``
+    counts how it was checked: ``"checksum"``, ``"hashed"`` or ``"size"``."""
+    tally = Counter() if tally is None else tally
     try:
         info = backend.head(h.data_key)
     except NotFound:
@@ -52,13 +59,17 @@ def check_object(backend: Backend, h: IndexHeader) -> str | None:
     if info.size != h.data_size:
         return f"is {info.size} bytes but its index records {h.data_size} (truncated or replaced)"
     if info.checksum_sha256 is not None:
+        tally["checksum"] += 1
         if info.checksum_sha256 != h.data_sha256:
             return "has another SHA-256 than its index records (damaged or swapped)"
     elif backend.cheap_reads:
+        tally["hashed"] += 1
         hasher = HashingSink()
         download_to(backend, h.data_key, hasher)  # type: ignore[arg-type]
         if hasher.digest.hexdigest() != h.data_sha256:
             return "has another SHA-256 than its index records (damaged or swapped)"
+    else:
+        tally["size"] += 1
     return None
 
 
@@ -137,7 +148,7 @@ def verify(repo: Repository, *, deep: bool = False, subset: float | None = None)
     named = {h.data_key for h in repo.headers}
     for h in repo.headers:
         report.objects += 2
-        trouble = check_object(repo.backend, h)
+        trouble = check_object(repo.backend, h, report.checked)
         if trouble:
             report.problems.append((h.data_key, trouble))
     report.leftovers = sum(1 for o in repo.backend.list("data/") if o.key not in named)

@@ -31,8 +31,10 @@ if [ -n "${PASSPHRASE_FILE:-}" ]; then
     gpg_opts+=(--pinentry-mode loopback --passphrase-file "$PASSPHRASE_FILE")
 fi
 authentic() {                                 # authentic OBJECT: signed by the key?
-    if [ "$mode" = pubkey ]; then
-        grep -q "^\[GNUPG:\] VALIDSIG .* $key\$" "$work/status"
+    if [ "$mode" = pubkey ]; then                 # (any key of the repository's history)
+        local k
+        for k in $key; do grep -q "^\[GNUPG:\] VALIDSIG .* $k\$" "$work/status" && return; done
+        false
     else
         grep -q '^\[GNUPG:\] GOODMDC' "$work/status"
     fi || die "$1 is not signed by the repository key (damaged or forged)"
@@ -43,13 +45,30 @@ decrypt() {                                   # decrypt OBJECT > PLAINTEXT, chec
     authentic "$1"
 }
 
-# Step 2. The config names the key that signs everything ("-" with a passphrase).
-gpg "${gpg_opts[@]}" --decrypt "$repo/config" > "$work/config" 2> "$work/gpg.log" ||
+# Step 2. The config names the key that signs everything ("-" with a passphrase). With
+# separate keys ("blanket-repository 2") it is signed, not encrypted, and ends with the
+# signing key's public key, imported here if gpg lacks it.
+header() { sed -n -e '/^$/q' -e "s/^$1: //p" "$2"; }
+pubkey_block() { sed -n '/^-----BEGIN PGP PUBLIC KEY BLOCK-----$/,$p' "$1"; }
+gpg "${gpg_opts[@]}" --decrypt "$repo/config" > "$work/config" 2> "$work/gpg.log" || true
+if grep -q '^\[GNUPG:\] NO_PUBKEY ' "$work/status"; then
+    pubkey_block "$work/config" | gpg --batch --quiet --import 2> /dev/null || true
+    gpg "${gpg_opts[@]}" --decrypt "$repo/config" > "$work/config" 2> "$work/gpg.log" || true
+fi
+[ -s "$work/config" ] ||
     die "cannot decrypt config: $(tail -n 1 "$work/gpg.log") (wrong key? set GNUPGHOME)"
-mode=$(sed -n 's/^mode: //p' "$work/config")
-key=$(sed -n 's/^key: //p' "$work/config")
+mode=$(header mode "$work/config")
+key=$(header key "$work/config")$(header sign-key "$work/config")
 authentic config
-say "repository $(sed -n 's/^id: //p' "$work/config") ($mode)"
+# Key rotations keys/1, keys/2...: each signed by the key before it brings a new one.
+for ((n = 1; ; n++)); do
+    rot=keys/$(printf '%012d' "$n")
+    [ -f "$repo/$rot" ] || break
+    decrypt "$rot" > "$work/rotation"
+    key="$key $(header sign-key "$work/rotation")"
+    pubkey_block "$work/rotation" | gpg --batch --quiet --import 2> /dev/null || true
+done
+say "repository $(header id "$work/config") ($mode)"
 
 # Step 3. Paths in an index are escaped: every byte that is not printable ASCII, and
 # the characters \ = , are written \xHH. Escape the path we look for the same way.

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import zstandard
 
 from blanket.errors import IntegrityError
+from blanket.members import member_name
 from blanket.model import Entry
-from blanket.packer import member_name
+from blanket.packread import members
 from blanket.pgpstream import Readable, remove
-from blanket.restore.fetch import members
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 
 __all__ = [

@@ -24,7 +24,7 @@ from blanket.crypto import Gpg
 from blanket.errors import IntegrityError
 from blanket.indexfmt import IndexHeader
 from blanket.model import Entry
-from blanket.restore.fetch import Meter
+from blanket.packread import Meter
 
 __all__ = ["PARTIAL_PREFIX", "PARTIAL_UP_TO", "fetch_frames", "frames_for"]
 

@@ -27,8 +27,8 @@ from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.merge import Located, replay
 from blanket.model import Entry
+from blanket.packread import Prefetcher, fetch_from_any
 from blanket.repo import Repository
-from blanket.restore.fetch import Prefetcher, fetch_from_any
 from blanket.restore.packwrite import (
     PER_FILE,
     UNREADABLE,
@@ -77,12 +77,11 @@ def _streams(
     at_layer: int | None,
     skip: set[tuple[int, int, bytes]],
     at: int | None = None,
-    tops: list[bytes] | None = None,
+    within: Iterable[bytes] = (),
 ) -> list[Iterable[Located]]:
     """Every layer of every repository (and, as of time ``at``, the old versions gc kept),
     tagged with its origin, without the versions in ``skip`` ((origin, seq, path) of
-    content found damaged); with ``tops``, only the packs that can hold those subtrees
-    (or their ancestors)."""
+    content found damaged); only the commits that can hold ``within`` (paths), if any."""
 
     def tagged(origin: int, stream: Iterable[Located]) -> Iterator[Located]:
         for item in stream:
@@ -92,7 +91,7 @@ def _streams(
     return [
         tagged(origin, stream)
         for origin, repo in enumerate(repos)
-        for stream in repo.layer_streams(up_to_layer=at_layer, at=at, within=tops or None)
+        for stream in repo.layer_streams(up_to_layer=at_layer, at=at, within=within)
     ]
 
 
@@ -120,18 +119,19 @@ class _Restore:
                     plan.add(item, tops)
             if tops and not exact:
                 self.borrow_link_targets(plan, tops)
-        finally:
             plan.close()
+        except BaseException:
+            plan.dispose()
+            raise
         return plan
 
     def borrow_link_targets(self, plan: Plan, tops: list[bytes]) -> None:
         """A hard link inside the restored subtrees whose file lies outside them: the
         first such link gets the file's content (read from the file's member), the other
         links of its group link to it."""
-        links = list(plan.read("links"))
         outside = {
             e.target
-            for e in links
+            for e in plan.read("links")
             if e.kind == model.HARDLINK and not any(model.is_within(e.target, t) for t in tops)
         }
         if not outside:
@@ -143,17 +143,19 @@ class _Restore:
             for item in select(replay(streams, at=self.opts.at_time), wanted)
             if item.entry.path in outside and item.entry.kind == model.FILE
         }
-        plan.rewrite("links", [])
-        first: dict[bytes, bytes] = {}
-        for e in links:
-            source = sources.get(e.target) if e.kind == model.HARDLINK else None
-            if source is None or e.target in first:
-                linked = replace(e, target=first[e.target]) if source else e
-                plan.add(Located(linked, 0, 0), tops)
-                continue
-            first[e.target] = e.path
-            borrowed = replace(source.entry, path=e.path, target=source.entry.path)
-            plan.add(replace(source, entry=borrowed), tops)
+
+        def rewrite(links: Iterator[Entry]) -> Iterator[Located]:
+            first: dict[bytes, bytes] = {}
+            for e in links:
+                source = sources.get(e.target) if e.kind == model.HARDLINK else None
+                if source is None or e.target in first:
+                    yield Located(replace(e, target=first[e.target]) if source else e, 0, 0)
+                    continue
+                first[e.target] = e.path
+                borrowed = replace(source.entry, path=e.path, target=source.entry.path)
+                yield replace(source, entry=borrowed)
+
+        plan.rewrite_links(rewrite, tops)
 
     def write(self, plan: Plan, writer: SafeWriter, workdir: str) -> None:
         for d in plan.read("dirs"):
@@ -292,14 +294,17 @@ class _Restore:
         sub = os.path.join(workdir, f"fallback-{attempt}")
         os.mkdir(sub)
         plan = self.plan(sub, sorted(failed, key=model.clock_key), exact=True)
-        older = {e.path: e for name in _content_files(plan) for e in plan.read(name)}
-        for path, why in failed.items():
-            e = older.get(path)
-            if e is None:
-                self.problem(path, f"not restored: {why}; no intact older version either")
-            else:
-                self.problem(path, f"restored its older version of {show_time(e.since)}: {why}")
-        self.write_content(plan, writer, workdir)
+        try:
+            older = {e.path: e.since for e in plan.content() if e.path in failed}
+            for path, why in failed.items():
+                since = older.get(path)
+                if since is None:
+                    self.problem(path, f"not restored: {why}; no intact older version either")
+                else:
+                    self.problem(path, f"restored its older version of {show_time(since)}: {why}")
+            self.write_content(plan, writer, workdir)
+        finally:
+            plan.dispose()
 
     def guard(self, e: Entry, action: Callable[[], None], writer: SafeWriter) -> bool:
         """Run one write; report per-file trouble and go on; stop on a full disk."""
@@ -497,11 +502,6 @@ class _Restore:
             self.restored(e)
 
 
-def _content_files(plan: Plan) -> list[str]:
-    names = [f"pack-{o}-{s:012d}" for o, s in plan.packs]
-    return names + [f"split-{o}-{s:012d}" for o, s in plan.split]
-
-
 @dataclass
 class _Job:
     """Work on the content of some files: the packs it takes, in order, and what to run."""
@@ -559,13 +559,16 @@ def run_restore(
     state_dir = repos[0].state.dir
     with tempfile.TemporaryDirectory(prefix="restore-", dir=state_dir) as workdir:
         plan = job.plan(workdir, opts.paths)
-        listener(Planned("restore", plan.entries, plan.bytes))
-        missing = missing_tops(plan, opts.paths)
-        if missing:
-            raise UsageError(
-                f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
-            )
-        with SafeWriter(opts.target) as writer:
-            writer.note_if_empty()
-            job.write(plan, writer, workdir)
+        try:
+            listener(Planned("restore", plan.entries, plan.bytes))
+            missing = missing_tops(plan, opts.paths)
+            if missing:
+                raise UsageError(
+                    f"{show(missing[0])} is not in the backup at that point; see 'blanket ls'"
+                )
+            with SafeWriter(opts.target) as writer:
+                writer.note_if_empty()
+                job.write(plan, writer, workdir)
+        finally:
+            plan.dispose()
     return job.result

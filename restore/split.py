@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable, Iterator
 
 from blanket.errors import IntegrityError
+from blanket.members import part_member_name
 from blanket.model import Entry
-from blanket.packer import part_member_name
+from blanket.packread import members
 from blanket.pgpstream import Readable, remove
 from blanket.repo import Repository
-from blanket.restore.fetch import members
 
 __all__ = ["SplitContent"]
 

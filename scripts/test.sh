@@ -7,6 +7,8 @@ cd "$here"
 .venv/bin/ruff check blanket backends restore tests benchmarks
 .venv/bin/ruff format --check blanket backends restore tests benchmarks
 bash scripts/typecheck.sh
+# The house's one direction (errors/model -> backends -> core -> restore -> commands/ui/cli)
+.venv/bin/lint-imports --no-cache
 # The tests kill processes, never machines, so they need no durable disk. Where /dev/shm is a
 # tmpfs with room, their temporary files go there: fsync on a disk shared by two test
 # workers made the suite two to three times slower (docs/decisions.md, "Tests").

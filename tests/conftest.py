@@ -1,4 +1,5 @@
-"""Shared fixtures: a real gpg keyring with throwaway keys, repositories, the real CLI."""
+"""Shared fixtures: a real gpg keyring with throwaway keys, repositories, the real CLI, and a
+real S3 engine (SeaweedFS, see seaweed.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import seaweed
 
 from blanket.backends import open_backend
 from blanket.crypto import PUBKEY, KeySpec, generate_key
@@ -34,6 +36,27 @@ def keyring() -> Iterator[Keyring]:
     yield Keyring(home, fpr, other)
     subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
+    """One SeaweedFS (``weed mini``) per test process, started on first use: each xdist
+    worker has its own. Fails (never skips) when it cannot start."""
+    store = seaweed.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def seaweed_env(seaweedfs: seaweed.Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process talks to the test's SeaweedFS as its admin (``AWS_*`` set, the
+    machine's AWS settings hidden); returns those variables for a ``cli(..., env=)``."""
+    for name in seaweed.UNSET:
+        monkeypatch.delenv(name, raising=False)
+    env = seaweedfs.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 @pytest.fixture(autouse=True)

@@ -88,12 +88,29 @@ def s3_store(moto_bucket: str, aws_env: None, atomic_moto: None) -> Iterator[S3B
     backend.close()
 
 
-@pytest.fixture(params=["memory", "local", "s3", "wrapped"])
+def seaweed_store(request: pytest.FixtureRequest, *, versioned: bool) -> S3Backend:
+    """An S3 store in SeaweedFS, a real S3 engine: a prefix of its own in a plain bucket,
+    or in a bucket that keeps every version."""
+    seaweedfs = request.getfixturevalue("seaweedfs")
+    request.getfixturevalue("seaweed_env")
+    name = "contract-versioned" if versioned else "contract"
+    bucket = seaweedfs.bucket(name, versioned=versioned)
+    backend = S3Backend(bucket, f"run-{uuid.uuid4().hex[:12]}/some/prefix")
+    assert backend.exists()
+    return backend
+
+
+@pytest.fixture(params=["memory", "local", "s3", "wrapped", "seaweedfs", "seaweedfs-versioned"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Every backend, and the wrappers as ``open_backend`` stacks them (over memory)."""
     backend: Backend
     if request.param == "s3":
         yield request.getfixturevalue("s3_store")
+        return
+    if request.param.startswith("seaweedfs"):
+        backend = seaweed_store(request, versioned=request.param.endswith("versioned"))
+        yield backend
+        backend.close()
         return
     if request.param == "memory":
         backend = MemoryBackend("test")

@@ -10,6 +10,11 @@ dies with ``os._exit`` at point i (no cleanup, no finally blocks), and the test 
     committed indexes name;
 (b) after a resumed run, the restore equals the source.
 
+The counting store passes ``put_file`` through, so packs take the local store's
+production path (hard link into a temporary name, fsync, replace) and each of its steps
+is a crash point (``os.link``, ``os.rename``, ``os.remove`` of the temporary name); the
+clean run proves that path was taken.
+
 The points are tried with a stride of 3 (every one with BLANKET_EVERY_CRASH_POINT=1), split
 over three tests.
 """
@@ -40,6 +45,7 @@ class _Counter:
     def __init__(self, crash_at: int | None) -> None:
         self.count = 0
         self.crash_at = crash_at
+        self.links = 0  # hard links made (put_file's production path)
 
     def tick(self) -> None:
         self.count += 1
@@ -56,6 +62,14 @@ class CountingBackend(Backend):
     def put(self, key: str, data: bytes | BinaryIO, *, if_absent: bool = False) -> None:
         self.counter.tick()
         self.inner.put(key, data, if_absent=if_absent)
+
+    def put_file(self, key: str, path: str) -> None:
+        self.counter.tick()
+        self.inner.put_file(key, path)  # the store's own: link, fsync, replace
+
+    def open_local(self, key: str) -> BinaryIO | None:
+        self.counter.tick()
+        return self.inner.open_local(key)
 
     def get(self, key: str) -> bytes:
         self.counter.tick()
@@ -89,6 +103,8 @@ def _audit(counter: _Counter) -> Any:
             if flags & _WRITE_FLAGS or any(c in mode for c in "wax+"):
                 counter.tick()
         elif event in _FS_EVENTS:
+            if event == "os.link":
+                counter.links += 1
             counter.tick()
 
     return hook
@@ -104,7 +120,7 @@ def _child_backup(url: str, home: str, src: Path, crash_at: int | None, count_fi
             sys.addaudithook(_audit(counter))
             repo = Repository.open(CountingBackend(LocalBackend(url), counter), home)
             run_backup(repo, str(src), BackupOptions(pack_size=24 << 10, pack_seconds=3600))
-            count_file.write_text(str(counter.count))
+            count_file.write_text(f"{counter.count} {counter.links}")
             code = 0
         finally:
             os._exit(code)
@@ -168,9 +184,11 @@ def test_a_crash_at_any_point_loses_at_most_the_pack_in_flight(
     source = _tree(s["src"])
     count_file = tmp_path / "count"
     assert _child_backup(s["url"], s["home"], s["src"], None, count_file) == 0
-    points = int(count_file.read_text())
+    points, links = map(int, count_file.read_text().split())
     assert _restore(s["url"], s["home"], tmp_path / "clean") == source
     assert points > 40, "too few crash points: is the counting hooked up?"
+    packs = len(list(Path(s["url"], "data").iterdir()))
+    assert links >= packs > 1, "the packs did not take put_file's hard-link path"
 
     # Every third point, and always the last ones (the final commit and its bookkeeping):
     # consecutive points are mostly the same step of the same commit (a commit has more

@@ -30,14 +30,8 @@ from blanket.backends.base import Backend, ObjectInfo
 from blanket.backends.local import LocalBackend
 from blanket.backends.memory import MemoryBackend
 from blanket.backends.ratelimit import RateLimitedBackend, TokenBucket
-from blanket.backends.wrappers import (
-    Fault,
-    FaultyBackend,
-    NoDeleteBackend,
-    RetryingBackend,
-    innermost,
-    is_retriable,
-)
+from blanket.backends.s3 import S3Backend
+from blanket.backends.wrappers import RetryingBackend, innermost, is_retriable
 from blanket.backup import BackupOptions, BackupResult, run_backup
 from blanket.crypto import PUBKEY, KeySpec
 from blanket.errors import (
@@ -52,6 +46,7 @@ from blanket.errors import (
 )
 from blanket.repo import Repository, init_repository
 from blanket.restore.run import RestoreOptions, RestoreResult, run_restore
+from blanket.testing import Fault, FaultyBackend, NoDeleteBackend
 
 KiB = 1024
 OPTS = BackupOptions(pack_size=48 * KiB, pack_entries=3)  # several packs from a small tree
@@ -71,12 +66,17 @@ def make_tree(root: Path, seed: int = 7) -> None:
     (root / "empty").write_bytes(b"")
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "seaweedfs"])
 def plain(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """The store without faults (memory keeps checksums, a directory does not). Tests
-    where the store's kind makes no difference run on memory only, to stay fast."""
+    """The store without faults (memory keeps checksums, a directory does not; SeaweedFS
+    is a real S3 engine that checks and keeps them). Tests where the store's kind makes
+    no difference run on memory only, to stay fast."""
     if request.param == "memory":
         return MemoryBackend(f"faults-{uuid.uuid4().hex}")
+    if request.param == "seaweedfs":
+        request.getfixturevalue("seaweed_env")
+        bucket = request.getfixturevalue("seaweedfs").bucket("faults")
+        return S3Backend(bucket, f"run-{uuid.uuid4().hex[:12]}")
     store = LocalBackend(tmp_path / "store")
     store.create()
     return store
@@ -600,3 +600,28 @@ def test_rate_limit_is_shared_between_threads() -> None:
         th.join()
     # One burst is free; each later taker waits for everything taken before it.
     assert sorted(slept) == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+
+
+# --- which store errors a command may tolerate ------------------------------------------
+
+
+LEFTOVER = "data/000000000099-0123456789abcdef"  # a crashed run's object: no index names it
+
+
+def test_leftovers_stay_when_deletes_are_refused_and_a_transient_error_is_raised(
+    repo: Repository, repo_url: str, keyring: Any
+) -> None:
+    LocalBackend(repo_url).put(LEFTOVER, b"half a pack")
+    refusing = Repository.open(NoDeleteBackend(LocalBackend(repo_url)), keyring.home)
+    refusing.refresh()
+    assert refusing.clean_leftovers() == 0  # PermissionDenied: left for gc, the run goes on
+    flaky = FaultyBackend(LocalBackend(repo_url), [Fault("delete", 1, "transient", "data/")])
+    opened = Repository.open(flaky, keyring.home)
+    opened.refresh()
+    with pytest.raises(TransientStoreError):
+        opened.clean_leftovers()  # never swallowed
+    flaky.assert_all_fired()
+    assert LocalBackend(repo_url).head(LEFTOVER).size == len(b"half a pack")
+    fine = Repository.open(LocalBackend(repo_url), keyring.home)
+    fine.refresh()
+    assert fine.clean_leftovers() == 1

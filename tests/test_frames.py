@@ -17,9 +17,9 @@ import zstandard
 
 from blanket.backup import BackupOptions, run_backup
 from blanket.frames import FRAME_MAX, FRAME_MIN, Compressors, FrameCompressor, frame_ends_before
-from blanket.packer import member_path
+from blanket.members import member_path
 from blanket.repo import Repository
-from blanket.restore.tarread import TarReader
+from blanket.tarread import TarReader
 
 
 def frame_streams(repo: Repository, seq: int) -> list[bytes]:

@@ -163,8 +163,15 @@ def test_gc_dry_run_changes_nothing_and_gc_frees_refreshed_layers(
     run_gc(Repository.open(LocalBackend(repo_url), keyring.home), cap=1)  # marks layers
     (src / "churn.bin").write_bytes(os.urandom(50_000))
     run_backup(Repository.open(LocalBackend(repo_url), keyring.home), str(src), BackupOptions())
+    planned = run_gc(Repository.open(LocalBackend(repo_url), keyring.home), cap=1, dry_run=True)
     result = run_gc(Repository.open(LocalBackend(repo_url), keyring.home), cap=1)
     assert 0 in result.deleted_layers and result.bytes_freed > 0
+    # the dry run printed the plan the apply then ran
+    assert planned.plan.delete == result.deleted_layers
+    assert (planned.objects_to_delete, planned.bytes_to_free) == (
+        result.objects_deleted,
+        result.bytes_freed,
+    )
     out = tmp_path / "out"
     r = Repository.open(LocalBackend(repo_url), keyring.home)
     assert run_restore(r, RestoreOptions(str(out))).problems == []

@@ -53,3 +53,35 @@ def test_other_stores_read_the_file(tmp_path: Path) -> None:
     store.put_file("data/000000000003-0123456789abcdef", str(src))
     src.write_bytes(b"changed")
     assert store.get("data/000000000003-0123456789abcdef") == b"abc"
+
+
+def test_every_wrapper_passes_the_optional_capabilities_through(tmp_path: Path) -> None:
+    """The contract's optional capabilities reach the store through any stack of
+    production wrappers; a rate limit keeps them only where they would bypass it."""
+    from blanket.backends.ratelimit import RateLimitedBackend
+    from blanket.backends.wrappers import RetryingBackend
+
+    store = _store(tmp_path / "store")
+    key = "data/000000000003-0123456789abcdef"
+    for n, wrapped in enumerate(
+        [
+            RetryingBackend(store),
+            RateLimitedBackend(store),
+            RetryingBackend(RateLimitedBackend(store)),
+        ]
+    ):
+        spool = tmp_path / f"pack-{n}"
+        spool.write_bytes(b"p" * 4096)
+        wrapped.put_file(key, str(spool))
+        assert os.stat(tmp_path / "store" / key).st_ino == os.stat(spool).st_ino  # linked
+        assert wrapped.cheap_reads
+        local = wrapped.open_local(key)
+        assert local is not None
+        with local:
+            assert local.read() == b"p" * 4096
+    limited = RateLimitedBackend(store, upload_bps=1 << 30, download_bps=1 << 30)
+    spool = tmp_path / "pack-limited"
+    spool.write_bytes(b"q" * 4096)
+    limited.put_file(key, str(spool))  # through the limit: a copy, not a link
+    assert os.stat(tmp_path / "store" / key).st_ino != os.stat(spool).st_ino
+    assert limited.open_local(key) is None  # reads through get_range, limited

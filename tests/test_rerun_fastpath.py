@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blanket import indexfmt, model, scan, state
-from blanket.changes import Keep, Seen, diff
+from blanket.changes import Delete, Emit, Keep, Seen, diff
 from blanket.commands import COMMANDS, HELPS
 from blanket.indexfmt import IndexHeader
 from blanket.merge import Located
@@ -27,22 +27,16 @@ def item(root: Path, rel: str) -> WalkItem:
 
 
 def full_entry(root: Path, rel: str) -> Entry:
-    scan.prior_hint(None)
     e = scan.entry_for(os.fsencode(root), item(root, rel), since=SINCE)
     assert e is not None
     return e
 
 
-def test_an_unchanged_file_is_its_hinted_prior_entry(tmp_path: Path) -> None:
+def test_an_unchanged_file_is_its_prior_entry(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"data")
     prior = dataclasses.replace(full_entry(tmp_path, "f"), sha256="ab" * 32, since=5)
-    scan.prior_hint(prior)
-    try:
-        assert scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE) is prior
-        other = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE)
-        assert other is prior  # the hint stays until changed
-    finally:
-        scan.prior_hint(None)
+    root = os.fsencode(tmp_path)
+    assert scan.entry_for(root, item(tmp_path, "f"), since=SINCE, prior=prior) is prior
     fresh = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE)
     assert fresh is not None and fresh.since == SINCE and fresh.sha256 == ""
 
@@ -55,18 +49,14 @@ def test_an_xattr_change_moves_ctime_so_the_hint_is_not_taken(tmp_path: Path) ->
         os.setxattr(f, b"user.k", b"v")
     except OSError:
         pytest.skip("no user xattrs on this filesystem")
-    scan.prior_hint(prior)
-    try:
-        now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE)
-    finally:
-        scan.prior_hint(None)
+    now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, "f"), since=SINCE, prior=prior)
     assert now is not prior and now is not None
     assert now.xattrs == ((b"user.k", b"v"),)
     assert now.ctime_ns != prior.ctime_ns or now.xattrs != prior.xattrs
 
 
 @pytest.mark.parametrize("what", ["other path", "size", "hard link", "symlink"])
-def test_the_hint_is_ignored_unless_it_is_the_same_single_version(
+def test_the_prior_is_ignored_unless_it_is_the_same_single_version(
     tmp_path: Path, what: str
 ) -> None:
     (tmp_path / "f").write_bytes(b"data")
@@ -81,37 +71,43 @@ def test_the_hint_is_ignored_unless_it_is_the_same_single_version(
     elif what == "hard link":
         os.link(tmp_path / "f", tmp_path / "f2")
         prior = dataclasses.replace(prior, ctime_ns=os.lstat(tmp_path / "f").st_ctime_ns)
-    scan.prior_hint(prior)
-    try:
-        now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, rel), since=SINCE)
-    finally:
-        scan.prior_hint(None)
+    now = scan.entry_for(os.fsencode(tmp_path), item(tmp_path, rel), since=SINCE, prior=prior)
     assert now is not prior and now is not None and now.since == SINCE
 
 
-def test_diff_hints_each_prior_entry_and_withdraws_the_hint(tmp_path: Path) -> None:
-    for name in ("a", "b"):
+def test_the_join_hands_each_path_its_prior_entry(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
         (tmp_path / name).write_bytes(name.encode())
     root = os.fsencode(tmp_path)
     prior = [Located(full_entry(tmp_path, n), seq=0, layer=1) for n in ("a", "b")]
+    walked = [item(tmp_path, n) for n in ("a", "b", "c")]
+    given: list[Entry | None] = []
     taken: list[bool] = []
 
-    def walk() -> list[Seen] | object:
-        for loc in prior:
-            e = scan.entry_for(root, item(tmp_path, loc.entry.path.decode()), since=SINCE)
-            taken.append(e is loc.entry)
-            yield Seen(loc.entry.path, e)
+    def describe(w: WalkItem, before: Entry | None) -> Seen:
+        given.append(before)
+        e = scan.entry_for(root, w, since=SINCE, prior=before)
+        taken.append(before is not None and e is before)
+        return Seen(w.path, e)
 
-    changes = list(diff(walk(), prior, full=False))
-    assert all(isinstance(c, Keep) for c in changes) and taken == [True, True]
-    assert scan._hint.entry is None
+    changes = list(diff(walked, prior, full=False, describe=describe))
+    assert [type(c) for c in changes] == [Keep, Keep, Emit]  # c is new
+    assert given == [prior[0].entry, prior[1].entry, None] and taken == [True, True, False]
     # a full layer records everything afresh, and an expiring layer's versions are read
-    taken.clear()
-    list(diff(walk(), prior, full=True))
-    assert taken == [False, False]
-    taken.clear()
-    emitted = list(diff(walk(), prior, full=False, expire_below=2))
-    assert taken == [False, False] and all(c.entry.since == prior[0].entry.since for c in emitted)  # type: ignore[union-attr]
+    given.clear()
+    list(diff(walked, prior, full=True, describe=describe))
+    assert given == [None, None, None]
+    given.clear()
+    emitted = list(diff(walked[:2], prior, full=False, expire_below=2, describe=describe))
+    assert given == [None, None]
+    assert all(c.entry.since == prior[0].entry.since for c in emitted)  # type: ignore[union-attr]
+
+
+def test_a_path_that_is_no_longer_backed_up_is_deleted(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    prior = [Located(full_entry(tmp_path, "a"), seq=0, layer=1)]
+    changes = list(diff([item(tmp_path, "a")], prior, full=False, describe=lambda w, p: None))
+    assert changes == [Delete(b"a")]  # e.g. a file replaced by a socket
 
 
 def header(n: int) -> IndexHeader:
@@ -150,7 +146,7 @@ def test_the_compact_companion_gives_the_same_entries(tmp_path: Path) -> None:
     companion = Path(str(local.index_path(0)) + state.COMPACT_SUFFIX)
     assert companion.exists()
     assert list(local.entries(0)) == entries
-    with open(local.index_path(0), "rb") as f:  # the way repo.entries reads
+    with open(local.index_path(0), "rb") as f:  # the text itself
         assert list(indexfmt.read_entries(f)) == entries
     local.drop_index(0)
     assert not companion.exists()
@@ -179,6 +175,55 @@ def test_a_missing_damaged_or_stale_companion_falls_back_to_the_text(
     assert list(local.entries(0)) == entries
     assert list(local.entries(0)) == entries  # from the companion written meanwhile
     assert companion.exists()
+
+
+def test_a_companion_in_an_older_format_is_rebuilt_never_misread(tmp_path: Path) -> None:
+    """A companion written by an earlier blanket (``marshal``, whose format changes
+    between Python versions) is not read: the text is parsed and a msgpack one made."""
+    import hashlib
+    import marshal
+
+    local = state.LocalState("repo", tmp_path)
+    entries = sample()
+    text = indexfmt.render_index(header(len(entries)), entries)
+    local.store_index(0, text)
+    companion = Path(str(local.index_path(0)) + state.COMPACT_SUFFIX)
+    wrong = [dataclasses.replace(e, size=e.size + 1) for e in entries]  # would be misread
+    body = marshal.dumps([indexfmt.entry_fields(e) for e in wrong])
+    chunk = state._LEN.pack(len(body)) + body
+    old = b"blanket-entries 1\n" + (
+        f"{hashlib.sha256(text).hexdigest()}\n{hashlib.sha256(chunk).hexdigest()}\n".encode()
+    )
+    companion.write_bytes(old + chunk)
+    assert list(local.entries(0)) == entries
+    assert companion.read_bytes().startswith(b"blanket-entries 2 msgpack\n")
+    assert list(local.entries(0)) == entries  # now from the rebuilt companion
+
+
+def test_the_companion_round_trips_every_field(tmp_path: Path) -> None:
+    local = state.LocalState("repo", tmp_path)
+    entries = [
+        Entry(
+            model.FILE,
+            b"\xff\xfe name",
+            mode=0o4755,
+            uid=2**32 - 2,
+            mtime_ns=-(10**18),
+            ctime_ns=2**62,
+            ino=2**64 - 1,
+            size=2**40,
+            sha256="ab" * 32,
+            user=b"\xe9",
+            xattrs=((b"user.a", b"\x00\x01"), (b"user.b", b"")),
+            sparse=((0, 4096), (2**30, 1)),
+            since=1,
+        )
+    ]
+    text = indexfmt.render_index(header(len(entries)), entries)
+    local.store_index(0, text)
+    (back,) = list(local.entries(0))
+    assert back == entries[0]
+    assert isinstance(back.xattrs, tuple) and isinstance(back.sparse[0], tuple)
 
 
 def test_a_forged_companion_cannot_smuggle_an_unsafe_path(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from blanket.errors import IntegrityError
+from blanket.packread import Prefetcher
 from blanket.restore import writer as writer_module
-from blanket.restore.fetch import Prefetcher
 from blanket.restore.workers import PackWorkers
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from blanket import model
+from blanket.members import member_name, tar_info
 from blanket.model import Entry
-from blanket.packer import member_name, tar_info
-from blanket.restore.tarread import READ, TarReader
+from blanket.tarread import READ, TarReader
 
 
 def _sparse_map(segments: tuple[tuple[int, int], ...], size: int) -> bytes:

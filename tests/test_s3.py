@@ -36,6 +36,7 @@ from blanket.errors import (
     AlreadyExists,
     BadRange,
     NotFound,
+    PermissionDenied,
     StoreError,
     TransientStoreError,
 )
@@ -461,7 +462,8 @@ def test_delete_on_a_plain_bucket_lists_no_versions(s3: S3Backend) -> None:
 @pytest.mark.parametrize(
     ("status", "code", "expected", "retriable"),
     [
-        (403, "AccessDenied", StoreError, False),
+        (403, "AccessDenied", PermissionDenied, False),
+        (403, "", PermissionDenied, False),
         (403, "InvalidAccessKeyId", StoreError, False),
         (400, "InvalidRequest", StoreError, False),
         (404, "NoSuchKey", NotFound, False),

@@ -12,7 +12,8 @@ from blanket import model
 from blanket.backends import open_backend
 from blanket.backup import BackupOptions, run_backup
 from blanket.merge import replay
-from blanket.repo import Repository, _may_hold
+from blanket.reach import may_hold, reach_of
+from blanket.repo import Repository
 from blanket.restore.plan import select
 
 NAMES = ["a", "a-b", "a.b", "b", "b0", "c d", "z"]
@@ -72,5 +73,5 @@ def test_the_packs_a_subtree_reads_replay_to_the_same_subtree(
             every = list(select(replay(fresh.layer_streams(up_to_layer=layer)), [top]))
             streams = fresh.layer_streams(up_to_layer=layer, within=[top])
             assert list(select(replay(streams), [top])) == every, (top, layer)
-        left_out += sum(not _may_hold(h, [top]) for h in fresh.headers)
+        left_out += sum(not may_hold(h, reach_of([top])) for h in fresh.headers)
     assert left_out > len(tops) * len(fresh.headers) // 3  # the filter does leave packs out

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blanket import model
+from blanket.members import tar_info
 from blanket.model import Entry
-from blanket.packer import entry_header, tar_info
+from blanket.packer import entry_header
 from blanket.tarheader import pax_mtime
 
 NAME_BYTES = st.binary(min_size=1, max_size=180).filter(lambda b: b"\0" not in b)

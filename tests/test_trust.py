@@ -361,7 +361,7 @@ def test_a_local_stores_pack_is_checked_and_decrypted_in_place(
     import zstandard
 
     from blanket.errors import IntegrityError
-    from blanket.restore.fetch import fetch_plaintext
+    from blanket.packread import fetch_plaintext
 
     repo = _open(layered["url"], keyring)
     repo.refresh()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from blanket import estimate
+from blanket import estimate, model
 from blanket.backup import BackupOptions, run_backup
 from blanket.events import FileStored, PackCommitted, Position, Reading
 from blanket.repo import Repository
@@ -112,21 +112,26 @@ def test_without_a_terminal_only_the_summary(bl, repo_url: str, repo, tmp_path: 
 
 
 def test_the_display_is_throttled_whatever_the_rate_of_events() -> None:
-    out = Output()
+    """100k events in 100 s of a counted clock (a millisecond per reading) are drawn at
+    most ten times a second, plus once per commit: the draws are counted, not timed."""
+    ticks = iter(range(10**9))
+    out = Output(clock=lambda: next(ticks) / 1000)
     sink = io.StringIO()
     out.err = Console(file=sink, force_terminal=True, width=120)
     out.live = True
     out.begin("backup test")
-    started = time.monotonic()
+    events = 0
     for i in range(100_000):
         out.event(FileStored(b"f%d" % i, 10))
+        events += 1
         if i % 1000 == 0:
             out.event(Position(b"f%d" % i))
+            events += 1
     out.event(Reading(b"big", 4 * MiB, 8 * MiB))
     out.event(PackCommitted(0, 0, 10, 100, b"f9"))
-    elapsed = time.monotonic() - started
+    seconds = (events + 2) / 1000  # of the counted clock
     out.stop_live()
-    assert elapsed < 5, elapsed  # 100k events, drawn at most ten times a second
+    assert 0 < out.draws <= seconds * 10 + 2, out.draws
     assert "files" in sink.getvalue()
 
 
@@ -163,3 +168,28 @@ def test_the_first_pass_is_measured_by_a_scan(repo: Repository, tmp_path: Path) 
     guess.scan.join(10)
     assert guess.total_bytes() == (1000, True)
     assert guess.fraction(None, 500) == 0.5
+
+
+def test_a_stopped_pass_reports_the_share_of_the_tree_it_covered(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """The coverage comes from the run's own replay (counted to its end after the run
+    stopped): the share of the tree's entries at or before the clock pointer."""
+    src = tmp_path / "src"
+    for d in ("a", "b", "c", "d"):
+        (src / d).mkdir(parents=True)
+        for i in range(20):
+            (src / d / f"{i:02d}").write_bytes(os.urandom(4000))
+    assert run_backup(repo, str(src), BackupOptions()).complete
+    for d in ("a", "b", "c", "d"):  # every file changes: the next pass must read them all
+        for i in range(20):
+            (src / d / f"{i:02d}").write_bytes(os.urandom(4000))
+    repo.refresh()
+    result = run_backup(repo, str(src), BackupOptions(max_bytes=130_000, pack_size=64 << 10))
+    assert result.stopped_early and result.pointer is not None
+    folders = [b"a", b"b", b"c", b"d"]
+    paths = [b".", *folders] + [b"%s/%02d" % (d, i) for d in folders for i in range(20)]
+    key = model.clock_key(result.pointer)
+    done = sum(1 for p in paths if model.clock_key(p) <= key)
+    assert result.coverage == done / len(paths)
+    assert 0 < result.coverage < 1

@@ -23,6 +23,7 @@ HELPS: dict[str, str] = {
     "verify": "check every committed object (--deep: also read and decrypt every pack)",
     "gc": "plan and apply expiry within the cap (no downloads unless --keep-history)",
     "sync": "copy the committed objects a second store lacks (it becomes a replica)",
+    "keys": "show the keys and their rotations, or rotate them (keys rotate --sign-key ...)",
     "config": "check the config file (check) or show its profiles (show)",
 }
 NAMES = tuple(HELPS)

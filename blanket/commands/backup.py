@@ -135,7 +135,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
     for job in jobs:  # open every repository first: the oldest goes first
         args.invocation.use(job.unit)
         try:
-            job.repo = open_repo(args, job.target.repository)
+            keep = bool(setting(args, "keep_history")) and bool(setting(args, "cap"))
+            job.repo = open_repo(
+                args,
+                job.target.repository,
+                signs=True,
+                reads="backup --keep-history" if keep else None,
+            )
             job.repo.refresh()
         except BlanketError as exc:
             if single:

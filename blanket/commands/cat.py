@@ -7,8 +7,8 @@ import sys
 
 from blanket import model
 from blanket.commands.common import at, open_repo
-from blanket.dump import cat
 from blanket.errors import EXIT_OK
+from blanket.restore.dump import cat
 from blanket.ui import Output
 
 HELP = "write one file's content to stdout"
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     out.data_on_stdout()
     layer, when = at(args.at)
     path = model.normalize_user_path(args.path)
-    repo = open_repo(args)
+    repo = open_repo(args, reads="cat")
     size = cat(repo, path, layer, when, sys.stdout.buffer)
     if out.json:  # on stderr: stdout holds the content
         out.summary("", path=args.path, bytes=size)

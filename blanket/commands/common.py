@@ -134,8 +134,18 @@ def backend_for(args: argparse.Namespace, url: str) -> Backend:
     )
 
 
-def open_repo(args: argparse.Namespace, url: str | None = None) -> Repository:
-    """Open the repository (``url``, else the one in force) and tell the operation log."""
+def open_repo(
+    args: argparse.Namespace,
+    url: str | None = None,
+    *,
+    signs: bool = False,
+    reads: str | None = None,
+) -> Repository:
+    """Open the repository (``url``, else the one in force) and tell the operation log.
+
+    ``signs``: the command commits, so the keyring must be able to sign; ``reads``: the
+    command (so named in the error) reads pack content, so the keyring must hold a
+    recipient's secret key. Either missing is ``WrongKey`` (exit 12) before any work."""
     from blanket.repo import Repository
 
     url = url or repo_url(args)
@@ -145,6 +155,10 @@ def open_repo(args: argparse.Namespace, url: str | None = None) -> Repository:
     repo = Repository.open(backend_for(args, url), gnupghome(args), passphrase(args))
     if invocation is not None:
         invocation.bind(repo, url)
+    if reads:
+        repo.require_content_key(reads)
+    if signs:
+        repo.require_signing()
     return repo
 
 

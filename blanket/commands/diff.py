@@ -36,13 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def tree(repo: Repository, text: str | None, default_layer: int | None) -> Iterable[Located]:
+def tree(
+    repo: Repository, text: str | None, default_layer: int | None, top: bytes = model.ROOT
+) -> Iterable[Located]:
     """The replayed tree at a point: ``text`` (``--at`` syntax), else ``default_layer``
-    (None: the latest state; below 0: empty)."""
+    (None: the latest state; below 0: empty); only what ``top`` needs is read."""
     layer, when = at(text) if text else (default_layer, None)
     if layer is not None and layer < 0:
         return iter(())
-    return repo.tree(layer=layer, when=when)
+    return repo.tree(layer=layer, when=when, within=[top])
 
 
 def _within(items: Iterable[Located], top: bytes) -> Iterator[Located]:
@@ -56,8 +58,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if not repo.headers:
         raise UsageError("the repository has no commit yet; run 'blanket backup' first")
     latest = repo.packs[-1].layer
-    old = tree(repo, args.since, latest - 1)
-    new = tree(repo, args.until, None)
+    old = tree(repo, args.since, latest - 1, top)
+    new = tree(repo, args.until, None, top)
     tally = Tally()
     for change in compare(_within(old, top), _within(new, top)):
         tally.count(change)

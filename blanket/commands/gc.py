@@ -1,4 +1,7 @@
-"""``blanket gc``: expire old layers within the cap and delete what nothing needs."""
+"""``blanket gc``: expire old layers within the cap and delete what nothing needs.
+
+``--dry-run`` prints the plan (``blanket.gcplan.plan_gc``) that the apply would run:
+the layers' fates, the history kept or lost, and the objects it would delete."""
 
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     cap = parse_size(args.cap, "--cap") if args.cap else setting(args, "cap")
     args.keep_history = args.keep_history or bool(setting(args, "keep_history"))
-    result = run_gc(open_repo(args), cap=cap, dry_run=args.dry_run, keep_history=args.keep_history)
+    repo = open_repo(
+        args,
+        signs=not args.dry_run,
+        reads="gc --keep-history" if args.keep_history else None,
+    )
+    result = run_gc(repo, cap=cap, dry_run=args.dry_run, keep_history=args.keep_history)
     plan = result.plan
     hist = result.history
     rows = [
@@ -55,7 +63,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         f"{'plan' if args.dry_run else 'gc'}: {human_size(plan.total)} stored, cap {cap_text}; "
         f"layers below {plan.expire_below} expiring; {verb} layer(s) "
         f"{', '.join(map(str, plan.delete)) or 'none'}"
-        + ("" if args.dry_run else f", {human_size(result.bytes_freed)} freed")
+        + (
+            f", {result.objects_to_delete} object(s) of {human_size(result.bytes_to_free)} "
+            "to delete"
+            if args.dry_run
+            else f", {human_size(result.bytes_freed)} freed"
+        )
         + f"; next pass about {human_size(plan.peak)} at its peak"
         + ("" if plan.fits else f"; {plan.message}"),
         total=plan.total,
@@ -66,6 +79,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         after=plan.after,
         fits=plan.fits,
         bytes_freed=result.bytes_freed,
+        objects_to_delete=result.objects_to_delete,
+        bytes_to_free=result.bytes_to_free,
         lost_versions=result.lost_versions,
         dry_run=args.dry_run,
         keep_history=args.keep_history,
@@ -81,8 +96,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
         kept_versions=result.kept_versions,
         bytes_downloaded=result.bytes_downloaded,
         bytes_added=result.bytes_added,
+        delete_refused=result.delete_refused,
     )
-    return EXIT_OK if plan.fits else EXIT_FATAL
+    # A gc that could not delete did not do its job: cron and monitoring must see it.
+    return EXIT_OK if plan.fits and not result.delete_refused else EXIT_FATAL
 
 
 def _history_line(result: GcResult, *, dry_run: bool) -> str:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     layer, when = at(args.at)
     top = model.normalize_user_path(args.path)
     found = False
-    for item in select(repo.tree(layer=layer, when=when), [top]):
+    for item in select(repo.tree(layer=layer, when=when, within=[top]), [top]):
         e = item.entry
         if not model.is_within(e.path, top):
             continue

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return _tar(args, out, paths, layer, when)
     urls = repo_urls(args)
     _one_source(args, urls)
-    repos = [open_repo(args, url) for url in urls]
+    repos = [open_repo(args, url, reads="restore") for url in urls]
     opts = RestoreOptions(args.to, paths, layer, when, args.force)
     out.begin("restore")
     result = run_restore(repos if len(repos) > 1 else repos[0], opts, listener=out.event)
@@ -66,14 +66,14 @@ def _one_source(args: argparse.Namespace, urls: list[str]) -> None:
 def _tar(
     args: argparse.Namespace, out: Output, paths: list[bytes], layer: int | None, when: int | None
 ) -> int:
-    from blanket.dump import write_tar
+    from blanket.restore.dump import write_tar
 
     out.data_on_stdout()
     if sys.stdout.isatty():
         raise UsageError("--to - writes a tar stream; redirect it (> backup.tar, | tar -x)")
     if len(repo_urls(args)) > 1:
         raise UsageError("--to - reads one repository; pick one with --repo URL")
-    repo = open_repo(args)
+    repo = open_repo(args, reads="restore")
     out.begin("restore")
     result = write_tar(repo, paths, layer, when, sys.stdout.buffer, listener=out.event)
     sys.stdout.buffer.flush()

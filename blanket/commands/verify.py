@@ -36,7 +36,8 @@ def _fraction(text: str | None) -> float | None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     subset = _fraction(args.read_data_subset)
-    report = verify(open_repo(args), deep=args.deep, subset=subset)
+    reads = "verify --deep" if args.deep or subset else None
+    report = verify(open_repo(args, reads=reads), deep=args.deep, subset=subset)
     for key, message in report.problems:
         out.warning(key.encode(), message)
     kind = "deep" if args.deep else ("sampled deep" if subset else "quick")
@@ -44,11 +45,20 @@ def run(args: argparse.Namespace, out: Output) -> int:
     out.summary(
         f"{kind} verify: {report.commits} commit(s), {report.objects} object(s), "
         f"{report.packs_read} pack(s) read; {state}"
-        + (f"; {report.leftovers} uncommitted leftover(s) ignored" if report.leftovers else ""),
+        + (f"; {report.leftovers} uncommitted leftover(s) ignored" if report.leftovers else "")
+        + (
+            f"; {by_size} data object(s) the store keeps no SHA-256 for checked by size "
+            "only (--deep reads them)"
+            if (by_size := report.checked["size"]) and not args.deep
+            else ""
+        ),
         commits=report.commits,
         objects=report.objects,
         packs_read=report.packs_read,
         leftovers=report.leftovers,
+        by_store_checksum=report.checked["checksum"],
+        hashed=report.checked["hashed"],
+        by_size_only=report.checked["size"],
         problems=[{"object": k, "message": m} for k, m in report.problems],
     )
     return EXIT_FATAL if report.problems else EXIT_OK

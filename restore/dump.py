@@ -25,11 +25,11 @@ from blanket import model
 from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.indexfmt import IndexHeader
+from blanket.members import member_name, part_member_name, tar_info
 from blanket.merge import Located
 from blanket.model import Entry
-from blanket.packer import member_name, part_member_name, tar_info
+from blanket.packread import fetch_plaintext, members
 from blanket.repo import Repository
-from blanket.restore.fetch import fetch_plaintext, members
 from blanket.restore.plan import Plan, missing_tops, select
 
 CHUNK = 1 << 20
@@ -50,7 +50,7 @@ def check_point(repo: Repository, layer: int | None) -> None:
 def find(repo: Repository, path: bytes, layer: int | None, when: int | None) -> Located | None:
     """The replayed entry of ``path`` at a point (None if absent); stops at its place."""
     key = model.clock_key(path)
-    for item in repo.tree(layer=layer, when=when):
+    for item in repo.tree(layer=layer, when=when, within=[path]):
         if item.entry.key == key:
             return item
         if item.entry.key > key:
@@ -265,42 +265,55 @@ def write_tar(
     with tempfile.TemporaryDirectory(prefix="tar-", dir=repo.state.dir) as workdir:
         plan = Plan(workdir)
         try:
-            for item in select(repo.tree(layer=layer, when=when), tops):
+            for item in select(repo.tree(layer=layer, when=when, within=tops), tops):
                 plan.add(item, tops)
-        finally:
             plan.close()
-        missing = missing_tops(plan, tops)
-        if missing:
-            raise UsageError(f"{_show(missing[0])} is not in the backup at that point")
-        listener(Planned("restore", plan.entries, plan.bytes))
-        # not a with block: a run that fails must not end the archive as if it were whole
-        tar = tarfile.open(  # noqa: SIM115
-            fileobj=out,
-            mode="w|",
-            format=tarfile.PAX_FORMAT,
-            encoding="utf-8",
-            errors="surrogateescape",
+            return _write_tar(repo, plan, tops, workdir, out, listener)
+        finally:
+            plan.dispose()
+
+
+def _write_tar(
+    repo: Repository,
+    plan: Plan,
+    tops: list[bytes],
+    workdir: str,
+    out: BinaryIO,
+    listener: Listener,
+) -> TarResult:
+    """``write_tar``'s archive, from a finished plan."""
+    missing = missing_tops(plan, tops)
+    if missing:
+        raise UsageError(f"{_show(missing[0])} is not in the backup at that point")
+    listener(Planned("restore", plan.entries, plan.bytes))
+    # not a with block: a run that fails must not end the archive as if it were whole
+    tar = tarfile.open(  # noqa: SIM115
+        fileobj=out,
+        mode="w|",
+        format=tarfile.PAX_FORMAT,
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
+    tar.copybufsize = CHUNK  # type: ignore[attr-defined]
+    job = _TarJob(repo, tar, listener)
+    pieces = _Pieces(repo, workdir)
+    for d in plan.read("dirs"):
+        if d.path != model.ROOT:
+            job.add(d)
+    for origin, seq in sorted(plan.packs):
+        job.pack(plan, origin, seq, pieces, workdir)
+    for origin, seq in sorted(plan.split):
+        for e in plan.split_entries(origin, seq):
+            job.add(e, pieces.file(Located(e, seq, 0)))
+    for e in plan.read("links"):
+        outside = (
+            e.kind == model.HARDLINK
+            and tops
+            and not any(model.is_within(e.target, t) for t in tops)
         )
-        tar.copybufsize = CHUNK  # type: ignore[attr-defined]
-        job = _TarJob(repo, tar, listener)
-        pieces = _Pieces(repo, workdir)
-        for d in plan.read("dirs"):
-            if d.path != model.ROOT:
-                job.add(d)
-        for origin, seq in sorted(plan.packs):
-            job.pack(plan, origin, seq, pieces, workdir)
-        for origin, seq in sorted(plan.split):
-            for e in plan.split_entries(origin, seq):
-                job.add(e, pieces.file(Located(e, seq, 0)))
-        for e in plan.read("links"):
-            outside = (
-                e.kind == model.HARDLINK
-                and tops
-                and not any(model.is_within(e.target, t) for t in tops)
-            )
-            if outside:
-                job.problem(e.path, f"left out: hard link to {_show(e.target)}, not selected")
-            else:
-                job.add(e)
-        tar.close()
+        if outside:
+            job.problem(e.path, f"left out: hard link to {_show(e.target)}, not selected")
+        else:
+            job.add(e)
+    tar.close()
     return job.result

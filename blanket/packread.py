@@ -1,5 +1,9 @@
 """Fetch one pack, prove it is the one its signed index names, and stream its members.
 
+Reading and checking a pack is core: verify, sync, gc's history keeping and ``cat``
+need it as much as restore does (which builds on it; the core never imports
+``blanket.restore``). Member names are ``blanket.members``'.
+
 The data object is downloaded to a temporary file while its SHA-256 is computed (a local
 store's file is hashed in place instead, and decrypted from the same open file, with no
 copy); it must match the size and hash the (already verified) index records. Then gpg
@@ -27,7 +31,7 @@ from blanket.crypto import Gpg
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
 from blanket.pgpstream import Readable, Source, open_source, remove
-from blanket.restore.tarread import Member, TarReader
+from blanket.tarread import Member, TarReader
 
 __all__ = ["HashingSink", "Member", "Prefetcher", "fetch_from_any", "fetch_plaintext", "members"]
 

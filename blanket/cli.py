@@ -2,7 +2,11 @@
 contract's code (0 ok, 1 fatal, 2 usage, 3 some files not backed up or restored,
 10 repository missing, 11 locked, 12 wrong key). The commands live in
 ``blanket.commands``, one module each. Every run is recorded in the operation log
-(``blanket.oplog``); with ``--prometheus-file`` its metrics are written too."""
+(``blanket.oplog``); with ``--prometheus-file`` its metrics are written too.
+
+Start-up stays cheap: ``blanket --help`` and ``--version`` import argparse and the
+command table, nothing else; the op log, the terminal UI and the command's own module
+are imported once the command line has been parsed (tests/test_startup.py counts)."""
 
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from blanket import oplog, prometheus
+from blanket import __version__
 from blanket.commands import ALIASES, COMMANDS, HELPS
 from blanket.commands.common import Parser, common_options, setting
 from blanket.errors import EXIT_FATAL, EXIT_USAGE, BlanketError
-from blanket.ui import Output
+
+if TYPE_CHECKING:
+    from blanket import oplog
+    from blanket.ui import Output
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -26,6 +34,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     known; the others are listed with their help (all ``blanket --help`` shows)."""
     common = common_options()
     parser = Parser(prog="blanket", description="Backups restorable from the first commit.")
+    parser.add_argument("--version", action="version", version=f"blanket {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMANDS:
         aliases = [a for a, target in ALIASES.items() if target == name]
@@ -55,13 +64,29 @@ def parser_for(raw: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    parsed: argparse.Namespace | BlanketError
+    try:  # before anything heavy is imported: --help and --version end here
+        parsed = parser_for(raw).parse_args(raw)
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    except BlanketError as exc:  # a usage error: reported and logged like any other
+        parsed = exc
+    return _run(raw, parsed)
+
+
+def _run(raw: list[str], parsed: argparse.Namespace | BlanketError) -> int:
+    from blanket import oplog
+    from blanket.ui import Output
+
     out = Output(json_mode="--json" in raw, quiet="--quiet" in raw or "-q" in raw)
     invocation = oplog.Invocation(_command_name(raw), raw)
     out.record = invocation
     args: argparse.Namespace | None = None
     code, error = EXIT_FATAL, None
     try:
-        args = parser_for(raw).parse_args(raw)
+        if isinstance(parsed, BlanketError):
+            raise parsed
+        args = parsed
         args.command = ALIASES.get(args.command, args.command)
         args.invocation = invocation
         out = Output(json_mode=args.json, quiet=args.quiet)
@@ -81,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our stdout went away (| head): not our failure
         code = 0
         _silence_stdout()
-    except SystemExit as exc:  # --help
+    except SystemExit as exc:  # a command's own exit
         code = int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
         return code
     finally:
@@ -108,6 +133,8 @@ def _finish(
             path = None
     if not path:
         return
+    from blanket import prometheus
+
     units = invocation.units
     codes = [u.exit_code if u.exit_code is not None else code for u in units]
     try:

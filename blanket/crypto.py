@@ -10,6 +10,7 @@ the passphrase and gpg's modification detection (MDC), which gpg enforces.
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import os
@@ -60,7 +61,16 @@ class KeySpec:
         return tuple(dict.fromkeys((*self.content_recipients, *self.metadata)))
 
 
+_PROBED: dict[str | None, Any] = {}  # gnupghome -> a python-gnupg handle made for it
+
+
 def _gpg(gnupghome: str | None) -> Any:
+    """A python-gnupg handle for ``gnupghome``. Making one runs ``gpg --list-config``
+    (python-gnupg asks for the version), so each home is probed once per process and
+    later handles are copies (their own attributes, such as ``options``)."""
+    probed = _PROBED.get(gnupghome)
+    if probed is not None:
+        return copy.copy(probed)
     try:
         gpg = gnupg.GPG(gnupghome=gnupghome)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -68,6 +78,7 @@ def _gpg(gnupghome: str | None) -> Any:
             raise
         raise UsageError(f"cannot run gpg ({exc}); install GnuPG 2 and check --gnupghome") from exc
     gpg.buffer_size = 1 << 20  # python-gnupg copies data to gpg in chunks of this size
+    _PROBED[gnupghome] = copy.copy(gpg)
     return gpg
 
 

@@ -30,6 +30,7 @@ from blanket.backends.base import Backend, download_to
 from blanket.crypto import Gpg
 from blanket.errors import IntegrityError, NotFound, StoreError
 from blanket.indexfmt import IndexHeader
+from blanket.pgpstream import Readable, Source, open_source, remove
 from blanket.tarread import Member, TarReader
 
 __all__ = ["HashingSink", "Member", "Prefetcher", "fetch_from_any", "fetch_plaintext", "members"]
@@ -121,10 +122,12 @@ def _check_copy(key: str, header: IndexHeader, hashing: HashingSink) -> None:
         )
 
 
-def members(zst_path: str) -> Iterator[Member]:
+def members(zst_path: Readable) -> Iterator[Member]:
     """The pack's members in stored order, named as in the tar (member names are only
-    looked up, never used as paths). A member's content is read before the next member."""
-    with open(zst_path, "rb", buffering=0) as raw:
+    looked up, never used as paths). A member's content is read before the next member.
+    ``zst_path`` is a verified plaintext, or a checked pack decrypted as it is read
+    (blanket.pgpstream)."""
+    with open_source(zst_path) as raw:
         stream = zstandard.ZstdDecompressor().stream_reader(
             raw, read_size=CHUNK, read_across_frames=True
         )
@@ -145,10 +148,10 @@ class Prefetcher(Generic[K]):
     and removes every plaintext not taken.
     """
 
-    def __init__(self, fetch: Callable[[K], str], ahead: int = 1) -> None:
+    def __init__(self, fetch: Callable[[K], Source], ahead: int = 1) -> None:
         self._fetch, self._ahead = fetch, ahead
         self._named: deque[K] = deque()
-        self._running: deque[tuple[K, Future[str]]] = deque()
+        self._running: deque[tuple[K, Future[Source]]] = deque()
         self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="restore-fetch")
 
     def want(self, key: K) -> None:
@@ -160,7 +163,7 @@ class Prefetcher(Generic[K]):
             key = self._named.popleft()
             self._running.append((key, self._pool.submit(self._fetch, key)))
 
-    def take(self, key: K) -> str:
+    def take(self, key: K) -> Source:
         while True:
             self._top_up(1)
             if not self._running:
@@ -184,9 +187,9 @@ class Prefetcher(Generic[K]):
         self.close()
 
 
-def _discard(future: Future[str]) -> None:
+def _discard(future: Future[Source]) -> None:
     """Wait for a fetch nobody will take and remove what it produced."""
     if future.cancel():
         return
     with suppress(Exception):
-        os.unlink(future.result())
+        remove(future.result())

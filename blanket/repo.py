@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from blanket import gpgkeys, indexfmt, keyhistory
+from blanket import gpgkeys, indexfmt, keyhistory, model
 from blanket.backends.base import Backend
 from blanket.chain import Sources, index_key, load_chain
 from blanket.crypto import PUBKEY, SYMMETRIC, Gpg, KeySpec, find_secret_key
@@ -263,23 +263,30 @@ class Repository:
         ``at`` (a replay as of that time), also one per gc record holding versions that
         gc kept, filtered to those current at ``at``. The latest state (no ``at``) never
         sees kept versions. With ``within`` (paths), only the commits whose clock range
-        can hold those subtrees or their ancestors (``blanket.reach``) are read."""
+        can hold those subtrees or their ancestors (``blanket.reach``) are read, and of
+        them only the paths within the subtrees or ancestors of them are streamed: a
+        path's replay depends on its own entries and its ancestors' alone, so the replay
+        of them is right for the subtrees."""
+        within = list(within)
         reach = reach_of(within)
         by_layer: dict[int, list[IndexHeader]] = {}
         for h in self.headers:
             if (up_to_layer is None or h.layer <= up_to_layer) and may_hold(h, reach):
                 by_layer.setdefault(h.layer, []).append(h)
-        streams = [self._layer_stream(hs) for _, hs in sorted(by_layer.items())]
+        near = _near(within) if reach is not None else None
+        streams = [self._layer_stream(hs, near) for _, hs in sorted(by_layer.items())]
         if at is not None:
             streams += [self.history_stream(h, at) for h in self.headers if h.gc_record]
         return streams
 
-    def _layer_stream(self, headers: list[IndexHeader]) -> Iterator[Located]:
+    def _layer_stream(
+        self, headers: list[IndexHeader], near: Callable[[bytes], bool] | None = None
+    ) -> Iterator[Located]:
         for h in headers:
             if h.gc_record:
                 continue
             for e in self.entries(h.seq):
-                if e.kind != PART:
+                if e.kind != PART and (near is None or near(e.path)):
                     yield Located(e, h.seq, h.layer)
 
     def parts_of(self, seq: int, e: Entry) -> list[tuple[int, Entry]]:
@@ -397,3 +404,17 @@ def _missing(backend: Backend) -> str:
         f"no blanket repository at {backend.describe()}; "
         "create one with 'blanket init --repo URL --key FINGERPRINT'"
     )
+
+
+def _near(tops: list[bytes]) -> Callable[[bytes], bool] | None:
+    """Whether a path lies within one of ``tops`` or is an ancestor of one (None: all do)."""
+    if any(t == model.ROOT for t in tops):
+        return None
+    exact, prefixes = set(tops), tuple(t + b"/" for t in tops)
+    for top in tops:
+        p = top
+        while p != model.ROOT:
+            p = model.parent_of(p)
+            exact.add(p)
+    exact.add(model.ROOT)
+    return lambda path: path in exact or path.startswith(prefixes)

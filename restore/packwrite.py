@@ -18,6 +18,7 @@ from blanket.errors import IntegrityError
 from blanket.members import member_name
 from blanket.model import Entry
 from blanket.packread import members
+from blanket.pgpstream import Readable, remove
 from blanket.restore.writer import ContentMismatch, NotPermitted, SafeWriter, UnsafePath
 
 __all__ = [
@@ -41,7 +42,7 @@ Content = bytes | Iterator[bytes]
 
 
 def write_members(
-    zst: str,
+    zst: Readable,
     where: PackKey,
     pending: dict[bytes, list[Entry]],
     put: Callable[[PackKey, Entry, Content], None],
@@ -57,7 +58,7 @@ def write_members(
             for e in pending.pop(m.name):
                 put(where, e, small if small is not None else m.chunks())
     finally:
-        os.unlink(zst)
+        remove(zst)
 
 
 def put_file(
@@ -95,7 +96,7 @@ class PackOutcome:
     unchanged: int  # files found in place already
     files: list[Outcome] = field(default_factory=list)
     left: list[Entry] = field(default_factory=list)  # not in the plaintext read
-    partial: bool = False  # that plaintext held only some frames of the pack
+    partial: bool = False  # only some frames read, or decrypted without gpg: gpg reads the rest
     unreadable: str | None = None  # why the rest of the pack could not be read
 
     def report(

@@ -20,8 +20,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
-from blanket import model
+from blanket import model, pgpstream
 from blanket.errors import BlanketError, IntegrityError, UsageError
 from blanket.events import FileRestored, Listener, Planned, RestoreProblem, ignore
 from blanket.merge import Located, replay
@@ -176,8 +177,11 @@ class _Restore:
         fetched and verified while one is written; a whole pack's files are written by a
         worker process (restore.workers), judged here in order."""
         self.workdir = workdir
-        work, done = partial(self.write_pack, plan, writer), partial(self.pack_written, writer)
-        with PackWorkers(self.workers(plan), work, done) as workers:
+        work, done = partial(self.work, plan, writer), partial(self.pack_written, writer)
+        processes = self.workers(plan)
+        if processes:
+            pgpstream.preload()  # once, before the workers are forked
+        with PackWorkers(processes, work, done) as workers:
             with Prefetcher(partial(self.fetch, workdir), FETCH_AHEAD) as pre:
                 jobs = itertools.chain(
                     self.pack_jobs(plan, writer), self.split_jobs(plan, writer, pre)
@@ -208,10 +212,11 @@ class _Restore:
             for key in job.keys:
                 pre.want(key)
 
-    def fetch(self, workdir: str, key: PackKey) -> str:
+    def fetch(self, workdir: str, key: PackKey) -> pgpstream.Source:
         """Runs on the prefetch thread: only reads the repository's fixed state. Only the
         frames that hold the wanted files when that saves much (restore.ranged), else
-        (and whenever that fails for any reason) the whole pack."""
+        (and whenever that fails for any reason) the whole pack, checked against its
+        index and sealed with its session key, decrypted where it is read (pgpstream)."""
         repo = self.repos[key[0]]
         header = repo.by_seq[key[1]]
         chosen = self.frames.pop(key, None)
@@ -221,7 +226,19 @@ class _Restore:
                     return fetch_frames(backend, repo.gpg, header, chosen, workdir, self.meter)
                 except (ValueError, BlanketError):
                     continue  # pgprange.LayoutError is a ValueError; the whole pack says more
-        return fetch_from_any(repo.backends, repo.gpg, header, workdir, self.meter)
+        return pgpstream.fetch_sealed_from_any(
+            repo.backends, repo.gpg, header, workdir, self.meter, in_place=True
+        )
+
+    def readable(self, origin: int, seq: int, source: pgpstream.Source) -> pgpstream.Readable:
+        """A pack's source, read now if it was left in its (local) store; a copy that
+        does not match its index there is read the long way (any store, gpg)."""
+        if not isinstance(source, pgpstream.InStore):
+            return source
+        try:
+            return pgpstream.load(self.repos[origin].backends[source.store], source)
+        except BlanketError:
+            return self.fetch_whole(origin, seq)
 
     def meter(self, n: int) -> None:
         """Count bytes read from a store (called from the prefetch thread too)."""
@@ -366,10 +383,16 @@ class _Restore:
                 self.content_failed(origin, seq, e, str(exc))
             return
         self.result.packs_read += 1
-        workers.submit(origin, seq, done, zst)
+        workers.submit("pack", origin, seq, done, zst)
 
     def write_pack(
-        self, plan: Plan, writer: SafeWriter, origin: int, seq: int, done: int, zst: str
+        self,
+        plan: Plan,
+        writer: SafeWriter,
+        origin: int,
+        seq: int,
+        done: int,
+        zst: pgpstream.Source,
     ) -> PackOutcome:
         """In a worker: write the files of a pack from its plaintext ``zst`` (then
         removed); the first ``done`` are already in place. Only reports: nothing here is
@@ -379,11 +402,15 @@ class _Restore:
         pending = by_member(wanted)
         del wanted
         try:
+            zst = self.readable(origin, seq, zst)
             write_members(zst, (origin, seq), pending, partial(put_file, writer, out.report))
         except UNREADABLE as exc:
-            out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
+            if not isinstance(zst, pgpstream.Sealed):  # else gpg reads the rest (pack_written)
+                out.unreadable = f"{self.repos[origin].by_seq[seq].data_key} is unreadable: {exc}"
         out.left = list(itertools.chain(*pending.values()))
-        out.partial = os.path.basename(zst).startswith(PARTIAL_PREFIX)
+        out.partial = isinstance(zst, pgpstream.Sealed) or (
+            isinstance(zst, str) and os.path.basename(zst).startswith(PARTIAL_PREFIX)
+        )
         return out
 
     def pack_written(self, writer: SafeWriter, out: PackOutcome) -> None:
@@ -397,7 +424,8 @@ class _Restore:
         why = out.unreadable
         if out.left and out.partial and why is None:
             pending = by_member(out.left)
-            try:  # not in the frames read (it should have been): read the whole pack
+            try:  # not in the frames read (it should have been), or not readable without
+                # gpg (it should have been): gpg reads the whole pack
                 whole = self.fetch_whole(origin, seq)
                 put = partial(put_file, writer, self.file_done)
                 write_members(whole, out.where, pending, put)
@@ -423,10 +451,45 @@ class _Restore:
         writer: SafeWriter,
         workers: PackWorkers[PackOutcome],
     ) -> None:
-        """A split file, written here from its parts as their packs come."""
-        job = SplitContent(self.repos[origin], parts, lambda s: pre.take((origin, s)))
-        put_file(writer, self.file_done, (origin, seq), e, job.chunks())
-        self.result.packs_read += job.packs_read
+        """A split file, handed to a worker once the packs of its parts are fetched."""
+        sources: dict[int, pgpstream.Source] = {}
+        try:
+            for s, _ in itertools.groupby(parts, key=lambda sp: sp[0]):
+                sources[s] = pre.take((origin, s))
+        except IntegrityError as exc:
+            for source in sources.values():
+                pgpstream.remove(source)
+            self.content_failed(origin, seq, e, str(exc))
+            return
+        self.result.packs_read += len(sources)
+        workers.submit("split", origin, seq, e, parts, sources)
+
+    def work(self, plan: Plan, writer: SafeWriter, kind: str, *args: Any) -> PackOutcome:
+        """In a worker: write a pack's files, or a split file (``kind``)."""
+        if kind == "split":
+            return self.write_split(writer, *args)
+        return self.write_pack(plan, writer, *args)
+
+    def write_split(
+        self,
+        writer: SafeWriter,
+        origin: int,
+        seq: int,
+        e: Entry,
+        parts: list[tuple[int, Entry]],
+        sources: dict[int, pgpstream.Source],
+    ) -> PackOutcome:
+        """In a worker: write split file ``e`` from its parts in the packs ``sources``
+        (each removed once read); only reports, like ``write_pack``."""
+        out = PackOutcome((origin, seq), 0)
+        take = lambda s: self.readable(origin, s, sources.pop(s))  # noqa: E731
+        try:
+            job = SplitContent(self.repos[origin], parts, take)
+            put_file(writer, out.report, (origin, seq), e, job.chunks())
+        finally:
+            for source in sources.values():  # the packs of parts not reached
+                pgpstream.remove(source)
+        return out
 
     def file_done(
         self, where: PackKey, e: Entry, error: Exception | None, warnings: list[str]

@@ -10,6 +10,7 @@ from blanket.errors import IntegrityError
 from blanket.members import part_member_name
 from blanket.model import Entry
 from blanket.packread import members
+from blanket.pgpstream import Readable, remove
 from blanket.repo import Repository
 
 __all__ = ["SplitContent"]
@@ -19,7 +20,7 @@ class SplitContent:
     """The content of a split file, streamed from its parts across consecutive packs."""
 
     def __init__(
-        self, repo: Repository, parts: list[tuple[int, Entry]], take: Callable[[int], str]
+        self, repo: Repository, parts: list[tuple[int, Entry]], take: Callable[[int], Readable]
     ) -> None:
         self.repo, self.parts, self.take = repo, parts, take
         self.packs_read = 0
@@ -35,7 +36,7 @@ class SplitContent:
                     if wanted.pop(m.name, None) is not None:
                         yield from m.chunks()
             finally:
-                os.unlink(zst)
+                remove(zst)
             if wanted:
                 raise IntegrityError(f"{header.data_key} lacks a part it lists")
 

@@ -81,3 +81,43 @@ def test_a_file_changed_between_runs_starts_over(
     out = tmp_path / "out"
     assert run_restore(again, RestoreOptions(str(out))).problems == []
     assert (out / "big").read_bytes() == new
+
+
+def test_split_files_are_written_by_workers_and_a_damaged_part_writes_nothing(
+    repo: Repository, repo_url: str, keyring, tmp_path: Path, workers: int
+) -> None:
+    """Two split files restored by the worker processes (or in-process); then one part's
+    pack is damaged in the store: that file is reported and absent, the rest is whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    one, two = os.urandom(3 * MiB + 7), os.urandom(4 * MiB + 9)
+    (src / "one").write_bytes(one)
+    (src / "two").write_bytes(two)
+    (src / "zsmall").write_bytes(b"s")
+    assert run_backup(repo, str(src), BackupOptions(pack_size=MiB)).complete
+    out = tmp_path / "out"
+    opts = RestoreOptions(str(out), workers=workers)
+    r = run_restore(_reopen(repo, repo_url, keyring.home), opts)
+    assert r.problems == []
+    assert (out / "one").read_bytes() == one and (out / "two").read_bytes() == two
+    part = next(  # the last pack holding a part of "two"
+        h
+        for h in reversed(repo.headers)
+        if any(e.kind == "P" and e.path == b"two" for e in repo.entries(h.seq))
+    )
+    hit = {e.path for e in repo.entries(part.seq)} - {b"."}
+    obj = Path(repo_url) / part.data_key
+    obj.chmod(0o644)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 1
+    obj.write_bytes(bytes(data))
+    out2 = tmp_path / "out2"
+    again = _reopen(repo, repo_url, keyring.home)
+    r = run_restore(again, RestoreOptions(str(out2), workers=workers))
+    assert {p for p, _ in r.problems} == hit, r.problems
+    assert all("does not match its index" in m for _, m in r.problems)
+    whole = {"one": one, "two": two, "zsmall": b"s"}
+    for name, content in whole.items():
+        if name.encode() not in hit:
+            assert (out2 / name).read_bytes() == content
+    assert sorted(os.listdir(out2)) == sorted(n for n in whole if n.encode() not in hit)

@@ -9,8 +9,6 @@ import sys
 from blanket import model
 from blanket.commands.common import at, open_repo, repo_urls
 from blanket.errors import EXIT_OK, EXIT_PARTIAL, UsageError
-from blanket.restore.dump import write_tar
-from blanket.restore.run import RestoreOptions, run_restore
 from blanket.ui import Output, path_text
 from blanket.units import human_size
 
@@ -25,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from blanket.restore.run import RestoreOptions, run_restore  # not for --help or --to -
+
     layer, when = at(args.at)
     paths = [model.normalize_user_path(p) for p in args.paths]
     if args.to == "-":
@@ -66,6 +66,8 @@ def _one_source(args: argparse.Namespace, urls: list[str]) -> None:
 def _tar(
     args: argparse.Namespace, out: Output, paths: list[bytes], layer: int | None, when: int | None
 ) -> int:
+    from blanket.restore.dump import write_tar
+
     out.data_on_stdout()
     if sys.stdout.isatty():
         raise UsageError("--to - writes a tar stream; redirect it (> backup.tar, | tar -x)")

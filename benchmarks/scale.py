@@ -23,9 +23,10 @@ Every restore is compared with the source (every file's size and content).
     .venv/bin/python benchmarks/scale.py [--files 1000000] [--packs 10000] [--work DIR]
                                          [--no-restic] [--keep]
 
-The work directory (default /var/tmp/blanket-scale) needs about 3x the tree's size in
-blocks (tiny files take a block each): about 12 GB at 1M files. docs/performance.md has
-the figures and the exact command.
+restic runs when it is installed (``apt-get install restic``: Debian 12 has 0.14);
+``--no-restic`` leaves it out. The work directory (default /var/tmp/blanket-scale) needs
+about 3x the tree's size in blocks (tiny files take a block each): about 12 GB at 1M
+files. docs/performance.md has the figures and the exact command.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from blanket.repo import Repository
 from blanket.restore.fuselib import use_libfuse3
 from blanket.restore.mountread import FrameCache, Segment, Unreadable, segments_of
 from blanket.restore.mounttree import Node, Point, Trees, points_of
-from blanket.restore.writer import _owner as owner_of
+from blanket.restore.writer import owner_of
 
 use_libfuse3()  # before mfusepy picks its library, as it does when imported
 import mfusepy  # noqa: E402

@@ -28,7 +28,7 @@ from blanket.merge import Located, replay
 from blanket.model import Entry
 from blanket.repo import Repository
 from blanket.restore import spill
-from blanket.restore.run import _streams as layer_streams
+from blanket.restore.mesh import mesh_streams
 
 __all__ = ["INO_BASE", "Node", "Point", "Trees", "at_name", "points_of"]
 
@@ -182,7 +182,7 @@ class Trees:
 
     def replayed(self, when: int | None) -> Iterator[Located]:
         """The tree as of ``when`` (None: latest), as restore replays it."""
-        return replay(layer_streams(self.repos, None, set(), when), at=when)
+        return replay(mesh_streams(self.repos, None, set(), when), at=when)
 
     def _build(self, point: Point, items: Iterable[Located]) -> int:
         db = self._db

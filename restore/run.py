@@ -29,6 +29,7 @@ from blanket.merge import Located, replay
 from blanket.model import Entry
 from blanket.packread import Prefetcher, fetch_from_any
 from blanket.repo import Repository
+from blanket.restore.mesh import group_mirrors, mesh_streams
 from blanket.restore.packwrite import (
     PER_FILE,
     UNREADABLE,
@@ -72,29 +73,6 @@ class RestoreResult:
     problems: list[tuple[bytes, str]] = field(default_factory=list)
 
 
-def _streams(
-    repos: list[Repository],
-    at_layer: int | None,
-    skip: set[tuple[int, int, bytes]],
-    at: int | None = None,
-    within: Iterable[bytes] = (),
-) -> list[Iterable[Located]]:
-    """Every layer of every repository (and, as of time ``at``, the old versions gc kept),
-    tagged with its origin, without the versions in ``skip`` ((origin, seq, path) of
-    content found damaged); only the commits that can hold ``within`` (paths), if any."""
-
-    def tagged(origin: int, stream: Iterable[Located]) -> Iterator[Located]:
-        for item in stream:
-            if (origin, item.seq, item.entry.path) not in skip:
-                yield replace(item, origin=origin) if origin else item
-
-    return [
-        tagged(origin, stream)
-        for origin, repo in enumerate(repos)
-        for stream in repo.layer_streams(up_to_layer=at_layer, at=at, within=within)
-    ]
-
-
 class _Restore:
     def __init__(self, repos: list[Repository], opts: RestoreOptions, listener: Listener) -> None:
         self.repos, self.opts, self.listener = repos, opts, listener
@@ -111,7 +89,7 @@ class _Restore:
 
     def plan(self, workdir: str, tops: list[bytes], *, exact: bool = False) -> Plan:
         o = self.opts
-        streams = _streams(self.repos, o.at_layer, self.skip, o.at_time, tops)
+        streams = mesh_streams(self.repos, o.at_layer, self.skip, o.at_time, tops)
         plan = Plan(workdir)
         try:
             for item in select(replay(streams, at=o.at_time), tops):
@@ -137,7 +115,7 @@ class _Restore:
         if not outside:
             return
         wanted = sorted(outside, key=model.clock_key)
-        streams = _streams(self.repos, self.opts.at_layer, self.skip, self.opts.at_time, wanted)
+        streams = mesh_streams(self.repos, self.opts.at_layer, self.skip, self.opts.at_time, wanted)
         sources = {
             item.entry.path: item
             for item in select(replay(streams, at=self.opts.at_time), wanted)
@@ -516,16 +494,6 @@ class _Job:
             self.action(pre, writer, workers)
         else:
             self.action()
-
-
-def group_mirrors(repos: list[Repository]) -> list[Repository]:
-    """Stores holding the same repository (same id) become one repository with mirrors."""
-    by_id: dict[str, Repository] = {}
-    for repo in repos:
-        first = by_id.setdefault(repo.config.id, repo)
-        if first is not repo:
-            first.add_mirror(repo.backend)
-    return list(by_id.values())
 
 
 def run_restore(

@@ -175,7 +175,7 @@ def _local_id(kind: str, name: bytes) -> int | None:
         return None
 
 
-def _owner(entry: Entry) -> tuple[int, int]:
+def owner_of(entry: Entry) -> tuple[int, int]:
     """Like GNU tar: a user or group name known here wins over the recorded number."""
     uid, gid = _local_id("user", entry.user), _local_id("group", entry.group)
     return (entry.uid if uid is None else uid, entry.gid if gid is None else gid)
@@ -435,7 +435,7 @@ class SafeWriter:
     def _set_meta(self, entry: Entry, fd: int) -> None:
         """Owner, xattrs, mode (after chown, which clears setuid), then times, on an fd."""
         if self.restore_owner:
-            os.fchown(fd, *_owner(entry))
+            os.fchown(fd, *owner_of(entry))
         if entry.xattrs:
             self._set_xattrs(entry, fd)
         os.fchmod(fd, entry.mode & 0o7777)
@@ -444,7 +444,7 @@ class SafeWriter:
     def _set_meta_at(self, entry: Entry, dir_fd: int, name: bytes, *, symlink: bool) -> None:
         """The same for a symlink or special file, by name, never following a link."""
         if self.restore_owner:
-            os.chown(name, *_owner(entry), dir_fd=dir_fd, follow_symlinks=False)
+            os.chown(name, *owner_of(entry), dir_fd=dir_fd, follow_symlinks=False)
         if not symlink:  # Linux has no mode or user xattrs on symlinks
             if entry.xattrs:
                 with _proc_path(dir_fd, name) as proc:

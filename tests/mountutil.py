@@ -83,12 +83,13 @@ class Mounts:
         )
         m = Mount(proc, point)
         self.made.append(m)
-        deadline = time.monotonic() + WAIT
+        polls = int(WAIT / 0.05)  # a bounded number of looks, not a clock
         while not mounted(point):
             if proc.poll() is not None:
                 m.out, m.err = proc.communicate()
                 raise AssertionError(f"the mount ended with {proc.returncode}: {m.err}")
-            assert time.monotonic() < deadline, "the mount did not come up"
+            polls -= 1
+            assert polls > 0, "the mount did not come up"
             time.sleep(0.05)
         return m
 

@@ -321,8 +321,9 @@ def start(root: Path, *, as_user: bool = False, attempts: int = 3) -> Seaweed:
                 preexec_fn=_die_with_parent,
             )
         store = Seaweed(f"http://127.0.0.1:{s3_port}", root, proc, log, sockets, leftovers)
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline and store.alive():
+        for _ in range(int(STARTUP_SECONDS / 0.2)):  # a bounded number of looks
+            if not store.alive():
+                break
             if _ready(store.endpoint):
                 return store
             time.sleep(0.2)

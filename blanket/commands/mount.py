@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             f"cannot load libfuse 3 ({exc}); install it (apt-get install fuse3) "
             "and run scripts/setup.sh"
         ) from None
-    from blanket.restore.run import group_mirrors
+    from blanket.restore.mesh import group_mirrors
 
     repos = group_mirrors([open_repo(args, url, reads="mount") for url in repo_urls(args)])
     for r in repos:

@@ -137,6 +137,12 @@ def render_entry(e: Entry) -> bytes:
         fields += [f"offset={e.offset}", f"length={e.length}"]
     if e.parts:
         fields.append(f"parts={e.parts}")
+    if e.ref_seq >= 0:
+        fields += [f"from={e.ref_seq}", f"as={escape(e.ref_path)}"]
+        if e.ref_at >= 0:
+            fields.append(f"at={e.ref_at}")
+    if e.oldest >= 0:
+        fields.append(f"oldest={e.oldest}")
     if e.until:
         fields.append(f"until={e.until}")
     if e.target or e.kind in (model.SYMLINK, model.HARDLINK):
@@ -346,7 +352,22 @@ def parse_entry(line: bytes) -> Entry:
         int(get("length", "0")),
         int(get("parts", "0")),
         int(get("until", "0")),
+        *_ref_fields(kind, f, line),
     )
+
+
+def _ref_fields(kind: str, f: dict[str, str], line: bytes) -> tuple[int, bytes, int, int]:
+    """``(ref_seq, ref_path, ref_at, oldest)`` of an entry line (docs/format.md, "Shared
+    content"); refuses a reference on a kind that has no content, or a half one."""
+    if "from" not in f and "as" not in f and "at" not in f:
+        return -1, b"", -1, int(f.get("oldest", "-1"))
+    if kind not in (model.FILE, model.PART) or "from" not in f or "as" not in f:
+        raise ValueError(f"bad content reference in index entry {line[:80]!r}")
+    ref_path = model.check_relpath(_field_bytes(f["as"]))
+    ref_seq, ref_at = int(f["from"]), int(f.get("at", "-1"))
+    if ref_seq < 0 or ("at" in f and ref_at < 0):
+        raise ValueError(f"bad content reference in index entry {line[:80]!r}")
+    return ref_seq, ref_path, ref_at, int(f.get("oldest", "-1"))
 
 
 def _parse_ranges(text: str) -> tuple[tuple[int, int], ...]:

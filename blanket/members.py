@@ -40,6 +40,24 @@ def part_member_path(path: bytes, offset: int) -> bytes:
     return b"parts/%s/%016d" % (path, offset)
 
 
+def content_member(e: Entry) -> bytes:
+    """The member holding the content of the file or part ``e``: its own (``tree/PATH``,
+    ``parts/PATH/OFFSET``) or, for a reference, the one it names in the pack of commit
+    ``e.ref_seq`` (:func:`content_seq`)."""
+    if e.ref_seq >= 0:
+        if e.ref_at >= 0:
+            return part_member_path(e.ref_path, e.ref_at)
+        return member_path(e.ref_path)
+    if e.kind == model.PART:
+        return part_member_path(e.path, e.offset)
+    return member_path(e.path)
+
+
+def content_seq(e: Entry, seq: int) -> int:
+    """The commit whose pack holds the content of ``e``, recorded by commit ``seq``."""
+    return e.ref_seq if e.ref_seq >= 0 else seq
+
+
 def inner_index(index_text: bytes) -> bytes:
     """The copy of an index that its pack holds: without the lines a pack cannot know
     when it is sealed (its own data object's key, size and hash, and the hash of the

@@ -44,6 +44,12 @@ class Entry:
     file's, ``sha256`` the part's), written in consecutive commits of one layer; the
     file's own entry follows the last part and says how many there are (``parts``).
 
+    Content may live elsewhere (docs/format.md, "Shared content"): a ``FILE`` or
+    ``PART`` with ``ref_seq >= 0`` has no member of its own; its bytes are the member
+    ``tree/<ref_path>`` (``ref_at < 0``) or ``parts/<ref_path>/<ref_at>`` of the pack
+    of commit ``ref_seq``. A split file's entry names in ``oldest`` the lowest commit
+    that holds any of its parts.
+
     A ``LOST`` entry, in a gc record, says that the version of ``path`` current from
     ``since`` until ``until`` was removed with an expired layer: missing, never wrong.
     """
@@ -70,12 +76,31 @@ class Entry:
     length: int = 0
     parts: int = 0
     until: int = 0  # LOST: when the version stopped being current
+    ref_seq: int = -1  # FILE/PART: content is a member of commit ref_seq's pack (from=)
+    ref_path: bytes = b""  # ... the member of that path (as=)
+    ref_at: int = -1  # ... its part member at this offset (at=); -1: the whole member
+    oldest: int = -1  # FILE with parts: the lowest commit holding any of its pieces
 
     @property
     def key(self) -> bytes:
         """``clock_key(self.path)``."""
         path = self.path
         return b"" if path == ROOT else path.replace(b"/", b"\0")
+
+    @property
+    def is_ref(self) -> bool:
+        """Its content is a member of another commit's pack (or another member)."""
+        return self.ref_seq >= 0
+
+    def content_floor(self, seq: int) -> int:
+        """The lowest commit number holding any of this version's content, given the
+        commit ``seq`` that recorded it."""
+        low = seq
+        if self.ref_seq >= 0:
+            low = min(low, self.ref_seq)
+        if self.oldest >= 0:
+            low = min(low, self.oldest)
+        return low
 
     @property
     def is_deletion(self) -> bool:
